@@ -1,0 +1,57 @@
+# Routine tasks. `make run` and `make test` each do their own set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest clean
+
+help:
+	@echo "make run           install, then run the pipeline on the embedded default"
+	@echo "make test          install, provision Kafka, run every test"
+	@echo "make lint          ruff (lint + format check) and mypy"
+	@echo "make fmt           apply ruff's formatting and fixes"
+	@echo "make kafka-up      start a local single-node Kafka (KRaft) on 127.0.0.1:\$${KAFKA_PORT:-9092}"
+	@echo "make kafka-down    stop it"
+	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@command -v java >/dev/null || echo "note: no java on PATH; the local Kafka broker needs a JDK 17"
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/driftline ingest --bus memory
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not kafka and not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy schemas ingest processors actions driftline tests
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+kafka-up: install
+	$(BIN)/driftline kafka up
+
+kafka-down: install
+	$(BIN)/driftline kafka down
+
+bench-ingest: install
+	$(BIN)/python -m tests.load.bench_ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,42 @@
+"""Settings for every command, from flags over DRIFTLINE_* environment variables over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import DEFAULT_IDENTITY_ATTRIBUTES
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", extra="ignore")
+
+    data: Path = Path(".driftline")
+    bus: Literal["memory", "kafka"] = "memory"
+    bootstrap: str = "127.0.0.1:9092"
+
+    # receiver
+    host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    admin_port: int = 8888
+    workers: int = Field(1, ge=0, description="receiver processes; 0 means one per core")
+    max_grpc_bytes: int = 4 * 1024 * 1024
+    max_http_bytes: int = 20 * 1024 * 1024
+    max_attributes: int = 128
+    max_attribute_key_length: int = 256
+    max_attribute_value_length: int = 4096
+    identity_attributes: tuple[str, ...] = DEFAULT_IDENTITY_ATTRIBUTES
+    max_inflight: int = 4096
+    publish_timeout: float = 5.0
+
+    # tokens
+    tokens: Path | None = None  # default: <data>/tokens.db
+    token_memory: str = "30d"  # how long retired/revoked tokens are still recognised
+
+    @property
+    def token_registry(self) -> Path:
+        return self.tokens or self.data / "tokens.db"

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the receiver. In multi-process mode prometheus_client aggregates them
+through PROMETHEUS_MULTIPROC_DIR, which the supervisor sets before starting workers."""
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "driftline_ingest_requests_total",
+    "OTLP export requests by transport, signal and outcome",
+    ["transport", "signal", "outcome"],
+)
+SNAPSHOTS = Counter("driftline_ingest_snapshots_total", "Snapshots published", ["signal"])
+REJECTS = Counter(
+    "driftline_ingest_rejects_total", "Rejected requests or resources by reason", ["reason"]
+)
+AUTH_EVENTS = Counter(
+    "driftline_ingest_auth_events_total", "AuthEvents published or suppressed", ["result"]
+)
+PUBLISH_SECONDS = Histogram(
+    "driftline_ingest_publish_seconds",
+    "Time for the bus to acknowledge one request's snapshots",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

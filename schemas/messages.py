@@ -1,0 +1,106 @@
+"""The messages stages exchange on the bus.
+
+Every message travels as one UTF-8 JSON object, so ClickHouse's Kafka engine and any other
+consumer can read it without our code. Field names are the contract: change them together with
+DESIGN.md and the round-trip tests.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+def _aware(value: datetime) -> datetime:
+    """Naive datetimes are ambiguous across machines: read them as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_aware)]
+
+
+class Message(BaseModel):
+    """Frozen, strict about unknown fields, and JSON on the wire."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        return cls.model_validate_json(data)
+
+
+class Signal(StrEnum):
+    METRICS = "metrics"
+    LOGS = "logs"
+    TRACES = "traces"
+
+
+class EndpointSnapshot(Message):
+    """What one resource in one OTLP export said about its endpoint."""
+
+    tenant_id: str
+    endpoint_id: str
+    serial_number: str | None
+    service_name: str
+    app_version: str | None
+    team_id: str | None
+    resource_attributes: dict[str, str]
+    signal: Signal
+    observed_at: Timestamp
+    received_at: Timestamp
+
+
+class AuthReason(StrEnum):
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    UNKNOWN = "unknown"
+    RETIRED = "retired"
+    REVOKED = "revoked"
+
+
+class AuthEvent(Message):
+    """A rejected request. Stale tokens after a rotation show up here, not in snapshots.
+
+    ``tenant_id`` is known only when the token is one we issued (retired or revoked);
+    ``endpoint_id`` then follows the snapshot rule, so both streams join on it. ``identity`` is
+    the raw identity attribute from the payload, kept for requests no tenant can be named for.
+    """
+
+    tenant_id: str | None
+    endpoint_id: str | None
+    identity: str | None
+    token_id: str | None
+    reason: AuthReason
+    source: str
+    observed_at: Timestamp
+
+
+class FlagKind(StrEnum):
+    OUTDATED_CLIENT = "outdated_client"
+    MISSING_POLICY = "missing_policy"
+    STALE_TOKEN = "stale_token"
+
+
+class FlagState(StrEnum):
+    RAISED = "raised"
+    RESOLVED = "resolved"
+
+
+class DriftFlag(Message):
+    """A transition of one drift condition on one endpoint; ``flag_id`` is deterministic."""
+
+    flag_id: str
+    tenant_id: str
+    endpoint_id: str
+    kind: FlagKind
+    state: FlagState
+    detail: str
+    first_seen: Timestamp
+    last_seen: Timestamp
+    policy_version: int

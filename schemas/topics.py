@@ -1,0 +1,12 @@
+"""Topic names, one place. Keys are ``endpoint_id`` except on the policy topic (``tenant_id``)."""
+
+from typing import Final
+
+SNAPSHOTS: Final = "driftline.snapshots"
+AUTH_EVENTS: Final = "driftline.auth-events"
+POLICY: Final = "driftline.policy"
+FLAGS: Final = "driftline.flags"
+ACTIONS: Final = "driftline.actions"
+
+ALL: Final = (SNAPSHOTS, AUTH_EVENTS, POLICY, FLAGS, ACTIONS)
+COMPACTED: Final = frozenset({POLICY})
