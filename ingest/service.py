@@ -88,19 +88,19 @@ class IngestService:
 
     async def export(self, signal: Signal, body: bytes, decode: Decoder, caller: Caller) -> Outcome:
         outcome = await self._export(body, decode, caller)
-        metrics.REQUESTS.labels(caller.transport, signal.value, outcome.status.value).inc()
+        metrics.requests(caller.transport, signal.value, outcome.status.value).inc()
         return outcome
 
     async def _export(self, body: bytes, decode: Decoder, caller: Caller) -> Outcome:
         grant = self._auth.authenticate(caller.authorization)
         if isinstance(grant, Denied):
-            metrics.REJECTS.labels(grant.reason.value).inc()
+            metrics.rejects(grant.reason.value).inc()
             self._note_denied(grant, body, decode, caller.address)
             return Outcome(Status.UNAUTHENTICATED, f"ingest token {grant.reason.value}")
         try:
             request = decode(body)
         except MalformedRequest as error:
-            metrics.REJECTS.labels("malformed_request").inc()
+            metrics.rejects("malformed_request").inc()
             return Outcome(Status.INVALID, str(error))
         extraction = extract(
             request,
@@ -110,12 +110,12 @@ class IngestService:
             self.options.limits,
         )
         if extraction.errors:
-            metrics.REJECTS.labels("invalid_resource").inc(len(extraction.errors))
+            metrics.rejects("invalid_resource").inc(len(extraction.errors))
         if extraction.rejected_all:
             return Outcome(Status.INVALID, "; ".join(extraction.errors))
         if extraction.snapshots:
             if self._inflight >= self.options.max_inflight:
-                metrics.REJECTS.labels("overloaded").inc()
+                metrics.rejects("overloaded").inc()
                 return Outcome(
                     Status.UNAVAILABLE, "receiver at capacity", retry_after=self.options.retry_after
                 )
@@ -127,12 +127,12 @@ class IngestService:
             try:
                 await self._bus.publish(records)
             except BusUnavailable as error:
-                metrics.REJECTS.labels("bus_unavailable").inc()
+                metrics.rejects("bus_unavailable").inc()
                 return Outcome(Status.UNAVAILABLE, str(error), retry_after=self.options.retry_after)
             finally:
                 self._inflight -= 1
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-            metrics.SNAPSHOTS.labels(extraction.snapshots[0].signal.value).inc(len(records))
+            metrics.snapshots(extraction.snapshots[0].signal.value).inc(len(records))
         return Outcome(Status.OK, "; ".join(extraction.errors), rejected=extraction.rejected_items)
 
     def _note_denied(self, denied: Denied, body: bytes, decode: Decoder, address: str) -> None:
@@ -140,7 +140,7 @@ class IngestService:
         if len(self._auth_tasks) >= self.options.max_pending_auth_events or not (
             self._per_source.take(address) and self._decode_budget.take()
         ):
-            metrics.AUTH_EVENTS.labels("suppressed").inc()
+            metrics.auth_events("suppressed").inc()
             return
         identity: str | None = None
         with contextlib.suppress(MalformedRequest):
@@ -148,7 +148,7 @@ class IngestService:
                 decode(body), self.options.identity_attributes, self.options.limits
             )
         if not self._per_endpoint.take((denied.reason, denied.token_id or address, identity)):
-            metrics.AUTH_EVENTS.labels("suppressed").inc()
+            metrics.auth_events("suppressed").inc()
             return
         event = AuthEvent(
             tenant_id=denied.tenant_id,
@@ -171,10 +171,10 @@ class IngestService:
         try:
             await self._bus.publish([record])
         except BusUnavailable as error:
-            metrics.AUTH_EVENTS.labels("failed").inc()
+            metrics.auth_events("failed").inc()
             log.debug("auth event not published: %s", error)
         else:
-            metrics.AUTH_EVENTS.labels("published").inc()
+            metrics.auth_events("published").inc()
 
     async def drain(self) -> None:
         """Wait for background AuthEvents, e.g. before shutdown."""

@@ -9,6 +9,7 @@ first and on the first data point / log record / span second.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -126,14 +127,35 @@ def attributes(key_values: Sequence[Any], limits: Limits, where: str) -> dict[st
         raise LimitExceeded(
             f"{where} has {len(key_values)} attributes, limit {limits.max_attributes}"
         )
+    return _convert(key_values, limits, where, None)
+
+
+def record_attributes(
+    key_values: Sequence[Any], limits: Limits, where: str, wanted: frozenset[str]
+) -> dict[str, str]:
+    """Only the attributes a snapshot takes from a record; the rest are never converted."""
+    return _convert(key_values, limits, where, wanted)
+
+
+def _convert(
+    key_values: Sequence[Any], limits: Limits, where: str, wanted: frozenset[str] | None
+) -> dict[str, str]:
     out: dict[str, str] = {}
     for kv in key_values:
         key = kv.key
+        if wanted is not None and key not in wanted:
+            continue
         if not key or len(key) > limits.max_key_length:
             raise LimitExceeded(
                 f"{where} attribute key of {len(key)} chars (must be 1..{limits.max_key_length})"
             )
-        text = _any_value_to_str(kv.value)
+        value = kv.value
+        # Nearly every attribute is a string: skip the general conversion for those.
+        text = (
+            value.string_value
+            if value.WhichOneof("value") == "string_value"
+            else (_any_value_to_str(value))
+        )
         if len(text) > limits.max_value_length:
             raise LimitExceeded(
                 f"{where} attribute {key!r} is {len(text)} chars, limit {limits.max_value_length}"
@@ -157,6 +179,11 @@ def _identity(
     return None
 
 
+@functools.cache
+def _record_keys(identity_attributes: Sequence[str]) -> frozenset[str]:
+    return frozenset((*identity_attributes, SERIAL_NUMBER, APP_VERSION, TEAM_ID))
+
+
 def _count(signal: Signal, resource: Any) -> int:
     return sum(1 for _ in _records(signal, resource))
 
@@ -173,6 +200,7 @@ def extract(
     limits: Limits = Limits(),
 ) -> Extraction:
     signal = signal_of(request)
+    wanted = _record_keys(tuple(identity_attributes))
     snapshots: list[EndpointSnapshot] = []
     errors: list[str] = []
     rejected = 0
@@ -181,7 +209,11 @@ def extract(
         first = next(iter(_records(signal, resource_entry)), None)
         try:
             resource = attributes(resource_entry.resource.attributes, limits, where)
-            record = attributes(first.attributes, limits, f"{where} first record") if first else {}
+            record = (
+                record_attributes(first.attributes, limits, f"{where} first record", wanted)
+                if first
+                else {}
+            )
         except LimitExceeded as error:
             errors.append(str(error))
             rejected += _count(signal, resource_entry)
@@ -220,11 +252,12 @@ def identity_of(
 ) -> str | None:
     """The first resource's identity, for attributing a rejected request to an endpoint."""
     signal = signal_of(request)
+    wanted = frozenset(identity_attributes)
     for resource_entry in _resources(request):
         first = next(iter(_records(signal, resource_entry)), None)
         try:
             resource = attributes(resource_entry.resource.attributes, limits, "resource")
-            record = attributes(first.attributes, limits, "record") if first else {}
+            record = record_attributes(first.attributes, limits, "record", wanted) if first else {}
         except LimitExceeded:
             continue
         identity = _identity(resource, record, identity_attributes)

@@ -223,9 +223,7 @@ def bench(bus: str, args: argparse.Namespace) -> dict[str, float]:
         )
         snapshots = _snapshots_total(admin_port) - before
         rate = args.rate or args.target / 2
-        paced = _run_load(
-            grpc_port, token, seconds=args.seconds, concurrency=0, rate=rate, **load
-        )
+        paced = _run_load(grpc_port, token, seconds=args.seconds, concurrency=0, rate=rate, **load)
         rss = _peak_rss_mib(receiver.pid)
     finally:
         receiver.terminate()
@@ -258,11 +256,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="paced rate (default target/2)")
     args = parser.parse_args()
     buses = ["memory", "kafka"] if args.bus == "both" else [args.bus]
+    export_size = len(metrics_export(fleet(1)[0], time.time_ns()))
     print(
         f"bench-ingest: {os.cpu_count()} cores, receivers={args.workers or os.cpu_count()}, "
         f"generators={args.generators}x{args.concurrency} in flight over "
         f"{args.connections} connections, {args.seconds:.0f}s per phase, "
-        f"fleet {args.fleet} laptops, ~{len(metrics_export(fleet(1)[0], 0))} B per export"
+        f"fleet {args.fleet} laptops, ~{export_size} B per export"
     )
     rows = {bus: bench(bus, args) for bus in buses}
     columns = list(next(iter(rows.values())))

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
-METRICS = (
+METRICS: tuple[tuple[str, dict[str, str]], ...] = (
     ("claude_code.session.count", {}),
     ("claude_code.lines_of_code.count", {"type": "added"}),
     ("claude_code.lines_of_code.count", {"type": "removed"}),
