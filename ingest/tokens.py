@@ -223,13 +223,15 @@ class Authenticator:
     def close(self) -> None:
         self._db.close()
 
-    def refresh(self) -> None:
+    def refresh(self, every: float | None = None) -> None:
         """Reload when another connection has committed; cheap enough to call per request."""
         now = time.monotonic()
-        if now - self._checked_at < self._refresh_every:
+        if now - self._checked_at < (self._refresh_every if every is None else every):
             return
         self._checked_at = now
-        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        # fetchall, not fetchone: an unfinished statement keeps a read transaction open,
+        # and with it the old snapshot of the file.
+        version = int(self._db.execute("PRAGMA data_version").fetchall()[0][0])
         if version == self._version:
             return
         self._version = version
@@ -243,6 +245,11 @@ class Authenticator:
         self.refresh()
         digest = hash_token(token)
         record = self._by_hash.get(digest)
+        if record is None:
+            # A token issued a moment ago should work at once; unknown tokens may make us
+            # look at most ten times a second.
+            self.refresh(every=min(self._refresh_every, 0.1))
+            record = self._by_hash.get(digest)
         # The dict lookup is keyed by a hash the caller cannot steer; the explicit
         # constant-time comparison keeps the final check free of early exits all the same.
         if record is None or not hmac.compare_digest(record.sha256, digest):

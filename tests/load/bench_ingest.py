@@ -9,25 +9,21 @@ target), and the receivers' peak RSS.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
+import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import Any
 
 from ingest.tokens import TokenStore
 from tests.load.fleet import fleet, metrics_export
-
-EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
 def _free_port() -> int:
@@ -36,117 +32,40 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@dataclass
-class Result:
-    sent: int
-    ok: int
-    failed: int
-    seconds: float
-    latencies: list[float]
+OTLPLOAD_SRC = Path(__file__).parent / "otlpload"
+OTLPLOAD_BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin" / "otlpload"
 
 
-async def _drive(
-    port: int,
-    token: str,
-    payloads: list[bytes],
-    seconds: float,
-    concurrency: int,
-    connections: int,
-    rate: float | None,
-) -> Result:
-    """Closed loop (rate None: `concurrency` requests always in flight) or open loop at `rate`."""
-    channels = [
-        grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
-        )
-        for _ in range(connections)
-    ]
-    calls = [channel.unary_unary(EXPORT) for channel in channels]
-    metadata = (("authorization", f"Bearer {token}"),)
-    latencies: list[float] = []
-    ok = failed = sent = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def one(i: int) -> None:
-        nonlocal ok, failed
-        began = time.perf_counter()
-        try:
-            await calls[i % connections](payloads[i % len(payloads)], metadata=metadata, timeout=10)
-        except grpc.aio.AioRpcError:
-            failed += 1
-            return
-        latencies.append(time.perf_counter() - began)
-        ok += 1
-
-    if rate is None:
-
-        async def worker(offset: int) -> None:
-            nonlocal sent
-            i = offset
-            while time.perf_counter() < deadline:
-                sent += 1
-                await one(i)
-                i += concurrency
-
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    else:
-        tasks: set[asyncio.Task[None]] = set()
-        interval = 1 / rate
-        while (now := time.perf_counter()) < deadline:
-            due = start + sent * interval
-            if due > now:
-                await asyncio.sleep(due - now)
-            task = asyncio.create_task(one(sent))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    for channel in channels:
-        await channel.close()
-    return Result(sent, ok, failed, elapsed, latencies)
+def build_generator() -> Path:
+    """The Go load generator (Python's gRPC client costs as much CPU as the server)."""
+    subprocess.run(["go", "build", "-o", str(OTLPLOAD_BIN), "."], cwd=OTLPLOAD_SRC, check=True)
+    return OTLPLOAD_BIN
 
 
-def _generator(args: tuple[int, str, int, float, int, int, float | None, int]) -> Result:
-    port, token, fleet_size, seconds, concurrency, connections, rate, seed = args
-    laptops = fleet(fleet_size, seed=seed)
+def write_payloads(path: Path, fleet_size: int) -> int:
+    """One pre-encoded export per laptop, framed for otlpload; returns the mean size."""
     now = time.time_ns()
-    payloads = [metrics_export(laptop, now) for laptop in laptops]
-    return asyncio.run(_drive(port, token, payloads, seconds, concurrency, connections, rate))
+    total = 0
+    with path.open("wb") as out:
+        for laptop in fleet(fleet_size):
+            body = metrics_export(laptop, now)
+            out.write(struct.pack(">I", len(body)))
+            out.write(body)
+            total += len(body)
+    return total // fleet_size
 
 
-def _run_load(
-    port: int,
-    token: str,
-    *,
-    generators: int,
-    seconds: float,
-    concurrency: int,
-    connections: int,
-    rate: float | None,
-    fleet_size: int,
-) -> Result:
-    per_rate = rate / generators if rate else None
-    jobs = [
-        (port, token, fleet_size // generators, seconds, concurrency, connections, per_rate, g)
-        for g in range(generators)
-    ]
-    with multiprocessing.get_context("spawn").Pool(generators) as pool:
-        results = pool.map(_generator, jobs)
-    return Result(
-        sent=sum(r.sent for r in results),
-        ok=sum(r.ok for r in results),
-        failed=sum(r.failed for r in results),
-        seconds=max(r.seconds for r in results),
-        latencies=sorted(lat for r in results for lat in r.latencies),
-    )
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+def run_load(
+    generator: Path, payloads: Path, port: int, token: str, seconds: float, **flags: object
+) -> dict[str, Any]:
+    command = [
+        str(generator), "-payloads", str(payloads), "-addr", f"127.0.0.1:{port}",
+        "-token", token, "-duration", f"{seconds}s", "-warmup", "1s",
+    ]  # fmt: skip
+    for name, value in flags.items():
+        command += [f"-{name.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def _tree(pid: int) -> list[int]:
@@ -193,7 +112,7 @@ def _wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: floa
     raise RuntimeError("receiver not ready in time")
 
 
-def bench(bus: str, args: argparse.Namespace) -> dict[str, float]:
+def bench(bus: str, args: argparse.Namespace, generator: Path, payloads: Path) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     _, token = TokenStore(data / "tokens.db").create("bench")
     grpc_port, http_port, admin_port = _free_port(), _free_port(), _free_port()
@@ -202,43 +121,39 @@ def bench(bus: str, args: argparse.Namespace) -> dict[str, float]:
         "--workers", str(args.workers), "--grpc-port", str(grpc_port),
         "--http-port", str(http_port), "--admin-port", str(admin_port),
     ]  # fmt: skip
-    env = dict(os.environ)
     if bus == "kafka":
         from tests.support.kafka import kafka_bootstrap
 
         command += ["--bootstrap", kafka_bootstrap()]
-    log = open(data / "receiver.log", "wb")  # noqa: SIM115 - closed below
-    receiver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_ready(admin_port, receiver)
-        load = dict(
-            generators=args.generators,
-            connections=args.connections,
-            fleet_size=args.fleet,
-        )
-        _run_load(grpc_port, token, seconds=2, concurrency=args.concurrency, rate=None, **load)
-        before = _snapshots_total(admin_port)
-        saturated = _run_load(
-            grpc_port, token, seconds=args.seconds, concurrency=args.concurrency, rate=None, **load
-        )
-        snapshots = _snapshots_total(admin_port) - before
-        rate = args.rate or args.target / 2
-        paced = _run_load(grpc_port, token, seconds=args.seconds, concurrency=0, rate=rate, **load)
-        rss = _peak_rss_mib(receiver.pid)
-    finally:
-        receiver.terminate()
-        receiver.wait(30)
-        log.close()
+    with (data / "receiver.log").open("wb") as log:
+        receiver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(admin_port, receiver)
+            before, began = _snapshots_total(admin_port), time.perf_counter()
+            saturated = run_load(
+                generator, payloads, grpc_port, token, args.seconds,
+                concurrency=args.concurrency, connections=args.connections,
+            )  # fmt: skip
+            snapshots_per_second = (_snapshots_total(admin_port) - before) / (
+                time.perf_counter() - began
+            )
+            paced = run_load(
+                generator, payloads, grpc_port, token, args.seconds,
+                rate=args.rate or args.target / 2, connections=args.connections,
+            )  # fmt: skip
+            rss = _peak_rss_mib(receiver.pid)
+        finally:
+            receiver.terminate()
+            receiver.wait(30)
     return {
-        "exports/s": saturated.ok / saturated.seconds,
-        "snapshots/s": snapshots / saturated.seconds,
-        "failed": saturated.failed,
-        "sat p50 ms": _percentile(saturated.latencies, 0.5) * 1000,
-        "sat p99 ms": _percentile(saturated.latencies, 0.99) * 1000,
-        "paced rate/s": paced.ok / paced.seconds,
-        "paced failed": paced.failed,
-        "p50 ms": _percentile(paced.latencies, 0.5) * 1000,
-        "p99 ms": _percentile(paced.latencies, 0.99) * 1000,
+        "exports/s": saturated["rate"],
+        "snapshots/s": snapshots_per_second,  # the receivers' own count, warm-up included
+        "failed": saturated["failed"],
+        "sat p99 ms": saturated["p99_ms"],
+        "paced/s": paced["rate"],
+        "paced failed": paced["failed"],
+        "p50 ms": paced["p50_ms"],
+        "p99 ms": paced["p99_ms"],
         "peak RSS MiB": rss,
     }
 
@@ -247,23 +162,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bus", choices=["memory", "kafka", "both"], default="both")
     parser.add_argument("--workers", type=int, default=0, help="receiver processes (0 = cores)")
-    parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--concurrency", type=int, default=64, help="in flight per generator")
-    parser.add_argument("--connections", type=int, default=8, help="connections per generator")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=256, help="in flight at saturation")
+    parser.add_argument("--connections", type=int, default=32, help="gRPC connections")
+    parser.add_argument("--seconds", type=float, default=10, help="per phase")
     parser.add_argument("--fleet", type=int, default=20_000, help="distinct laptops")
     parser.add_argument("--target", type=float, default=5000, help="exports/s goal")
     parser.add_argument("--rate", type=float, default=None, help="paced rate (default target/2)")
     args = parser.parse_args()
     buses = ["memory", "kafka"] if args.bus == "both" else [args.bus]
-    export_size = len(metrics_export(fleet(1)[0], time.time_ns()))
+    generator = build_generator()
+    payloads = Path(tempfile.mkdtemp(prefix="driftline-bench-")) / "exports.bin"
+    size = write_payloads(payloads, args.fleet)
     print(
-        f"bench-ingest: {os.cpu_count()} cores, receivers={args.workers or os.cpu_count()}, "
-        f"generators={args.generators}x{args.concurrency} in flight over "
-        f"{args.connections} connections, {args.seconds:.0f}s per phase, "
-        f"fleet {args.fleet} laptops, ~{export_size} B per export"
+        f"bench-ingest: {os.cpu_count()} cores, {args.workers or os.cpu_count()} receiver "
+        f"processes, OTLP/gRPC metrics exports of ~{size} B from {args.fleet} laptops, "
+        f"{args.connections} connections; saturation = {args.concurrency} in flight, "
+        f"paced = {args.rate or args.target / 2:.0f}/s; {args.seconds:.0f} s each"
     )
-    rows = {bus: bench(bus, args) for bus in buses}
+    rows = {bus: bench(bus, args, generator, payloads) for bus in buses}
     columns = list(next(iter(rows.values())))
     print(f"{'bus':8}" + "".join(f"{c:>14}" for c in columns))
     for bus, row in rows.items():
