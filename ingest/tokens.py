@@ -246,9 +246,9 @@ class Authenticator:
         digest = hash_token(token)
         record = self._by_hash.get(digest)
         if record is None:
-            # A token issued a moment ago should work at once; unknown tokens may make us
-            # look at most ten times a second.
-            self.refresh(every=min(self._refresh_every, 0.1))
+            # A token issued a moment ago must work at once. Looking costs one PRAGMA (a few
+            # microseconds); the table is reloaded only when the file really changed.
+            self.refresh(every=0)
             record = self._by_hash.get(digest)
         # The dict lookup is keyed by a hash the caller cannot steer; the explicit
         # constant-time comparison keeps the final check free of early exits all the same.

@@ -1,0 +1,699 @@
+"""The ClickHouse store every stage writes through: client factory, migrations, rows, batch writer.
+
+One engine, two places: ``chdb://PATH`` runs ClickHouse in-process (embedded default, tests),
+``http(s)://user:pass@host:8123/db`` talks to a server. Both give the same clickhouse-connect
+``Client`` and the same SQL, so nothing above this module knows which one it has.
+
+chdb is in-process, and that has rules (checked against chdb 4.4 / ClickHouse 26.9):
+
+- One engine path per process. Any number of clients on the *same* path work (each has its own
+  session; they share the data, and can be used from different threads). A client on a
+  *different* path raises ``ProgrammingError`` while any client of the first path is still open;
+  once all are closed, another path can be opened. Close clients you are done with.
+- One process per path. A second process opening a path that another process holds fails at
+  ``connect`` ("Cannot lock file …/status. Another server instance in same directory is already
+  running"). Several processes (e.g. one ingest worker per core) must use a server, or hand their
+  rows to the one process that owns the chdb path.
+- A chdb client serialises its own calls with a lock, so one client used from a writer thread and
+  from the event loop is safe, just not parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Self
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from schemas import AuthEvent, DriftFlag, EndpointSnapshot
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TTL_DAYS",
+    "TABLE_COLUMNS",
+    "BatchWriter",
+    "Client",
+    "Migration",
+    "StoreMessage",
+    "WriterClosed",
+    "connect",
+    "current_drift",
+    "insert_rows",
+    "latest_endpoints",
+    "load_migrations",
+    "migrate",
+    "optimize",
+    "query_dicts",
+    "row_for",
+    "state_hash",
+]
+
+# --------------------------------------------------------------------------- connect
+
+_CHDB: Final = "chdb://"
+
+
+def connect(dsn: str) -> Client:
+    """The one client factory: ``chdb://PATH`` (directory created) or ``http(s)://…``.
+
+    Everything after ``chdb://`` is the path, so ``chdb:///var/lib/driftline`` is absolute and
+    ``chdb://.driftline/clickhouse`` is relative (clickhouse-connect's own parsing would read the
+    first segment of the latter as a host). ``chdb://:memory:`` is an in-memory engine.
+    Timestamps come back timezone-aware; HTTP clients get no session id, so one client can be
+    shared by threads (a session would serialise them and reject concurrent queries).
+    """
+    if dsn.startswith(_CHDB):
+        location = dsn[len(_CHDB) :]
+        if not location or location == ":memory:":
+            return clickhouse_connect.get_client(interface="chdb", tz_mode="aware")
+        path = Path(location).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(interface="chdb", path=str(path), tz_mode="aware")
+    if dsn.startswith(("http://", "https://")):
+        return clickhouse_connect.get_client(
+            dsn=dsn, tz_mode="aware", autogenerate_session_id=False
+        )
+    scheme = dsn.split("://", 1)[0] if "://" in dsn else "(none)"
+    raise ValueError(
+        f"unsupported store DSN scheme {scheme!r}: use chdb://PATH, http://… or https://…"
+    )
+
+
+# --------------------------------------------------------------------------- migrations
+
+# Days each kind of row is kept; the DDL names them as {ttl_<key>_days}.
+DEFAULT_TTL_DAYS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "snapshots": 90,  # endpoint_states (endpoint history)
+        "auth_events": 30,
+        "flags": 365,  # drift_flags
+        "compliance": 365,  # compliance_records
+        "audit": 730,  # remediation_audit
+    }
+)
+
+_MIGRATIONS_TABLE: Final = "driftline_migrations"
+_MIGRATION_FILE: Final = re.compile(r"^(\d{3,})_(\w+)\.sql$")
+_PLACEHOLDER: Final = re.compile(r"\{(ttl_[a-z_]+_days)\}")
+# A statement ends with ";" at the end of a line; DDL never needs that inside a literal.
+_STATEMENT_END: Final = re.compile(r";[ \t]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str  # as written, placeholders included
+
+    def statements(self, ttl_days: Mapping[str, int]) -> list[str]:
+        """Placeholders substituted, split into statements, comment-only pieces dropped."""
+        rendered = _PLACEHOLDER.sub(lambda match: _ttl_value(match.group(1), ttl_days), self.sql)
+        pieces = (_strip_comments(piece) for piece in _STATEMENT_END.split(rendered))
+        return [piece for piece in pieces if piece]
+
+
+def _ttl_value(placeholder: str, ttl_days: Mapping[str, int]) -> str:
+    key = placeholder.removeprefix("ttl_").removesuffix("_days")
+    if key not in ttl_days:
+        raise ValueError(f"migration uses unknown TTL placeholder {{{placeholder}}}")
+    return str(ttl_days[key])
+
+
+def _strip_comments(statement: str) -> str:
+    lines = (line for line in statement.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(lines).strip()
+
+
+def _ttl_settings(overrides: Mapping[str, int] | None) -> dict[str, int]:
+    """Defaults with overrides; unknown names and non-positive days are configuration errors."""
+    merged = dict(DEFAULT_TTL_DAYS)
+    for key, days in (overrides or {}).items():
+        if key not in DEFAULT_TTL_DAYS:
+            raise ValueError(f"unknown TTL {key!r}; known: {', '.join(DEFAULT_TTL_DAYS)}")
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValueError(f"TTL {key!r} must be a whole number of days >= 1, got {days!r}")
+        merged[key] = days
+    return merged
+
+
+def load_migrations(directory: Traversable | Path | None = None) -> list[Migration]:
+    """The ``NNN_name.sql`` files by version; default ``schemas/ddl``, shipped as package data."""
+    root = directory if directory is not None else resources.files("schemas.ddl")
+    found: dict[int, Migration] = {}
+    for entry in root.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(f"two migrations with version {version}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    return [found[version] for version in sorted(found)]
+
+
+def applied_versions(client: Client) -> set[int]:
+    _ensure_migrations_table(client)
+    rows = client.query("SELECT DISTINCT version FROM driftline_migrations").result_rows
+    return {int(row[0]) for row in rows}
+
+
+def _ensure_migrations_table(client: Client) -> None:
+    # Replacing: a version recorded twice (two migrators racing) still reads as one.
+    client.command(
+        "CREATE TABLE IF NOT EXISTS driftline_migrations "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+
+
+def migrate(
+    client: Client,
+    ttl_days: Mapping[str, int] | None = None,
+    migrations: Sequence[Migration] | None = None,
+) -> list[int]:
+    """Apply the migrations not yet recorded, in order; return their versions.
+
+    ClickHouse DDL is not transactional: a file that fails half-way is not recorded and runs
+    again whole next time, so every statement must be idempotent (``IF NOT EXISTS``). TTLs are
+    baked into the DDL when a table is created; changing them later takes a new migration
+    (``ALTER TABLE … MODIFY TTL``). Run it from one place (start-up of the owning process).
+    """
+    settings = _ttl_settings(ttl_days)
+    pending = list(migrations) if migrations is not None else load_migrations()
+    done = applied_versions(client)
+    applied: list[int] = []
+    for migration in pending:
+        if migration.version in done:
+            continue
+        for statement in migration.statements(settings):
+            client.command(statement)
+        client.insert(
+            _MIGRATIONS_TABLE,
+            [[migration.version, migration.name, datetime.now(UTC)]],
+            column_names=["version", "name", "applied_at"],
+        )
+        log.info("applied migration %03d_%s", migration.version, migration.name)
+        applied.append(migration.version)
+    return applied
+
+
+# --------------------------------------------------------------------------- rows
+
+# Insert column order per table; columns with defaults (drift_flags.recorded_at) are left out.
+TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "endpoint_states": (
+            "tenant_id",
+            "endpoint_id",
+            "state_hash",
+            "service_name",
+            "app_version",
+            "team_id",
+            "serial_number",
+            "resource_attributes",
+            "first_seen",
+            "last_seen",
+            "last_received",
+        ),
+        "auth_events": (
+            "tenant_id",
+            "endpoint_id",
+            "identity",
+            "token_id",
+            "reason",
+            "source",
+            "observed_at",
+        ),
+        "drift_flags": (
+            "tenant_id",
+            "flag_id",
+            "state",
+            "endpoint_id",
+            "kind",
+            "detail",
+            "first_seen",
+            "last_seen",
+            "policy_version",
+        ),
+        "compliance_records": (
+            "tenant_id",
+            "vendor",
+            "device_id",
+            "serial_number",
+            "status",
+            "reason",
+            "reported_at",
+            "imported_at",
+        ),
+        "remediation_audit": (
+            "tenant_id",
+            "action_id",
+            "attempt",
+            "state",
+            "endpoint_id",
+            "serial_number",
+            "vendor",
+            "action",
+            "reason",
+            "dry_run",
+            "request",
+            "response_status",
+            "at",
+        ),
+    }
+)
+
+StoreMessage = EndpointSnapshot | AuthEvent | DriftFlag
+
+
+def state_hash(snapshot: EndpointSnapshot) -> int:
+    """UInt64 identity of what an endpoint *is*, independent of when it said so.
+
+    Covers service_name, app_version, team_id, serial_number and resource_attributes (key order
+    ignored). Stored in endpoint_states' key: changing this function splits every endpoint's
+    history in two, so don't.
+    """
+    canonical = json.dumps(
+        [
+            snapshot.service_name,
+            snapshot.app_version,
+            snapshot.team_id,
+            snapshot.serial_number,
+            sorted(snapshot.resource_attributes.items()),
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    digest = hashlib.blake2b(canonical.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _values_for(message: StoreMessage) -> tuple[str, list[Any]]:
+    """Table and values in TABLE_COLUMNS order: the writer's hot path, no dict in between."""
+    if isinstance(message, EndpointSnapshot):
+        return "endpoint_states", [
+            message.tenant_id,
+            message.endpoint_id,
+            state_hash(message),
+            message.service_name,
+            message.app_version,
+            message.team_id,
+            message.serial_number,
+            message.resource_attributes,
+            message.observed_at,
+            message.observed_at,
+            message.received_at,
+        ]
+    if isinstance(message, AuthEvent):
+        return "auth_events", [
+            message.tenant_id or "",
+            message.endpoint_id or "",
+            message.identity,
+            message.token_id,
+            message.reason.value,
+            message.source,
+            message.observed_at,
+        ]
+    if isinstance(message, DriftFlag):
+        return "drift_flags", [
+            message.tenant_id,
+            message.flag_id,
+            message.state.value,
+            message.endpoint_id,
+            message.kind.value,
+            message.detail,
+            message.first_seen,
+            message.last_seen,
+            message.policy_version,
+        ]
+    raise TypeError(f"no table stores {type(message).__name__}")
+
+
+def row_for(message: StoreMessage) -> tuple[str, dict[str, Any]]:
+    """The table a bus message belongs in and its row, so sinks need no per-message glue."""
+    table, values = _values_for(message)
+    return table, dict(zip(TABLE_COLUMNS[table], values, strict=True))
+
+
+def _values_of_row(table: str, row: Mapping[str, Any]) -> list[Any]:
+    """Check a hand-built row here, in the caller, not later in the writer thread."""
+    columns = TABLE_COLUMNS.get(table)
+    if columns is None:
+        raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLE_COLUMNS)}")
+    if row.keys() != set(columns):
+        missing = sorted(set(columns) - row.keys())
+        extra = sorted(row.keys() - set(columns))
+        raise ValueError(f"row for {table}: missing {missing}, unexpected {extra}")
+    return [row[column] for column in columns]
+
+
+def insert_rows(
+    client: Client,
+    table: str,
+    rows: Sequence[Sequence[Any]],
+    *,
+    dedup_token: str | None = None,
+    column_types: Sequence[str] | None = None,
+) -> None:
+    """Insert rows (values in TABLE_COLUMNS order) as one block.
+
+    ``dedup_token`` names the batch: the same token again within the table's last 1000 inserts
+    (``non_replicated_deduplication_window``, set in the DDL; replicated tables dedupe by
+    default) is dropped by ClickHouse, so a retried batch is not written twice. Without one a
+    fresh token is used, so identical rows in two different batches both count. Async insert
+    is off: we batch ourselves, and async inserts skip token deduplication.
+    """
+    client.insert(
+        table,
+        rows,
+        column_names=list(TABLE_COLUMNS[table]),
+        column_type_names=list(column_types) if column_types is not None else None,
+        settings={
+            "insert_deduplicate": 1,
+            "insert_deduplication_token": dedup_token or uuid.uuid4().hex,
+            "async_insert": 0,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def query_dicts(
+    client: Client, sql: str, parameters: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows as dicts. Values travel as bound ``{name:Type}`` parameters, never inside the SQL."""
+    result = client.query(sql, parameters=dict(parameters or {}))
+    return [dict(row) for row in result.named_results()]
+
+
+def current_drift(client: Client, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's open drift flags with their endpoint's team, service and version."""
+    return query_dicts(
+        client,
+        "SELECT * FROM drift_current WHERE tenant_id = {tenant_id:String} "
+        "ORDER BY endpoint_id, kind, flag_id",
+        {"tenant_id": tenant_id},
+    )
+
+
+def latest_endpoints(client: Client, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's endpoints, each in its latest known state."""
+    return query_dicts(
+        client,
+        "SELECT * FROM endpoints_latest WHERE tenant_id = {tenant_id:String} ORDER BY endpoint_id",
+        {"tenant_id": tenant_id},
+    )
+
+
+def optimize(client: Client, table: str) -> None:
+    """Merge a table's parts now (tests, maintenance); queries never depend on it."""
+    if table not in TABLE_COLUMNS:
+        raise ValueError(f"unknown table {table!r}")
+    client.command("OPTIMIZE TABLE {table:Identifier} FINAL", parameters={"table": table})
+
+
+# --------------------------------------------------------------------------- batch writer
+
+
+class WriterClosed(RuntimeError):
+    """The writer is closing or closed and takes no more rows."""
+
+
+@dataclass(slots=True)
+class _Buffer:
+    rows: list[list[Any]] = field(default_factory=list)
+    since: float = 0.0  # monotonic time of the oldest buffered row
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    number: int
+    table: str
+    rows: list[list[Any]]
+    token: str  # the same on every retry, so a retry of a batch that did land is dropped
+
+
+class BatchWriter:
+    """Buffers rows per table and writes them in batches from one worker task.
+
+    A buffer is written when it holds ``max_rows`` or its oldest row is ``max_delay`` seconds
+    old. Memory is bounded: once ``max_pending_rows`` are buffered or in flight, ``add`` waits,
+    which passes ClickHouse's pace back to the consumer (a Kafka sink stops fetching instead of
+    growing). Inserts run in a thread, one at a time, each batch with its own deduplication
+    token. A failed batch is kept and retried with exponential backoff until it lands or
+    ``close`` gives up, so nothing is dropped silently: ``retries`` and ``last_error`` show a
+    writer that is stuck. ``flush`` returns once everything added before it is written (call it
+    before committing consumer offsets).
+
+    ``client`` may be a client or a factory; a factory is called in the worker (and retried) so
+    the writer can start while ClickHouse is still down, and the client it made is closed with
+    the writer.
+    """
+
+    def __init__(
+        self,
+        client: Client | Callable[[], Client],
+        *,
+        max_rows: int = 5000,
+        max_delay: float = 1.0,
+        max_pending_rows: int = 50_000,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        if not 0 < max_rows <= max_pending_rows:
+            raise ValueError("need 0 < max_rows <= max_pending_rows")
+        if isinstance(client, Client):
+            self._client: Client | None = client
+            self._factory: Callable[[], Client] | None = None
+        else:
+            self._client = None
+            self._factory = client
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self.max_pending_rows = max_pending_rows
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.close_timeout = close_timeout
+
+        self.rows_added = 0
+        self.rows_written = 0
+        self.batches_written = 0
+        self.retries = 0
+        self.last_error: BaseException | None = None
+
+        self._buffers: dict[str, _Buffer] = {}
+        self._ready: deque[_Batch] = deque()
+        self._pending = 0
+        self._numbers = itertools.count(1)
+        self._sealed = 0  # number of the last sealed batch
+        self._written = 0  # batches are written in order, so this is a high-water mark
+        self._column_types: dict[str, list[str]] = {}
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows accepted but not yet written (buffered or in a batch)."""
+        return self._pending
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the worker (``add`` does it too); needs a running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name="driftline-store-writer"
+            )
+            # wake adds and flushes waiting for progress that a dead worker will never make
+            self._worker.add_done_callback(lambda _: self._progress.set())
+
+    def _check_worker(self) -> None:
+        """A worker that died of a bug must fail adds loudly, not block them forever."""
+        if self._worker is None or not self._worker.done() or self._closing:
+            return
+        error = None if self._worker.cancelled() else self._worker.exception()
+        raise WriterClosed("store writer stopped unexpectedly") from error
+
+    async def add(self, message: StoreMessage) -> None:
+        table, values = _values_for(message)
+        await self._add(table, values)
+
+    async def add_row(self, table: str, row: Mapping[str, Any]) -> None:
+        """A row for a table without a bus message (compliance_records, remediation_audit).
+
+        Values must already have the column types (aware datetimes, ints, bools): a value the
+        client cannot encode fails its whole batch on every retry.
+        """
+        await self._add(table, _values_of_row(table, row))
+
+    async def _add(self, table: str, values: list[Any]) -> None:
+        while self._pending >= self.max_pending_rows and not self._closing:
+            self._check_worker()
+            self._progress.clear()
+            await self._progress.wait()
+        if self._closing:
+            raise WriterClosed("store writer is closed")
+        self._check_worker()
+        self.start()
+        buffer = self._buffers.setdefault(table, _Buffer())
+        if not buffer.rows:
+            buffer.since = time.monotonic()
+            self._wake.set()  # the worker must learn the new deadline
+        buffer.rows.append(values)
+        self._pending += 1
+        self.rows_added += 1
+        if len(buffer.rows) >= self.max_rows:
+            self._seal(table)
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything added so far; waits as long as ClickHouse stays unavailable."""
+        for table in list(self._buffers):
+            self._seal(table)
+        target = self._sealed
+        self._wake.set()
+        while self._written < target:
+            if self._worker is None or self._worker.done():
+                raise WriterClosed("store writer stopped before the flush completed")
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def close(self, grace: float | None = None) -> int:
+        """Stop taking rows, write what can be written in ``grace`` seconds; return rows lost.
+
+        Default grace: ``close_timeout``. Batches still unwritten then are abandoned and logged.
+        """
+        self._closing = True
+        for table in list(self._buffers):
+            self._seal(table)
+        self._wake.set()
+        self._progress.set()  # release adds waiting for room: they raise WriterClosed
+        if self._worker is not None:
+            limit = self.close_timeout if grace is None else grace
+            done, _ = await asyncio.wait({self._worker}, timeout=limit)
+            if not done:
+                self._worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._worker
+        lost = self._pending
+        if lost:
+            log.error(
+                "store writer closed with %d rows unwritten (last error: %s)",
+                lost,
+                self.last_error,
+            )
+        if self._factory is not None and self._client is not None:
+            client, self._client = self._client, None
+            # an abandoned insert may still hold the client; don't let it hold up close too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(client.close), timeout=1.0)
+        return lost
+
+    def _seal(self, table: str) -> None:
+        buffer = self._buffers.get(table)
+        if buffer is None or not buffer.rows:
+            return
+        number = next(self._numbers)
+        self._ready.append(_Batch(number, table, buffer.rows, uuid.uuid4().hex))
+        self._sealed = number
+        buffer.rows = []
+
+    def _seal_due(self) -> float | None:
+        """Seal buffers whose oldest row waited max_delay; return seconds to the next deadline."""
+        now = time.monotonic()
+        wait: float | None = None
+        for table, buffer in self._buffers.items():
+            if not buffer.rows:
+                continue
+            left = buffer.since + self.max_delay - now
+            if left <= 0:
+                self._seal(table)
+            elif wait is None or left < wait:
+                wait = left
+        return wait
+
+    async def _run(self) -> None:
+        while True:
+            wait = self._seal_due()
+            if self._ready:
+                batch = self._ready[0]
+                await self._write(batch)
+                self._ready.popleft()
+                self._pending -= len(batch.rows)
+                self._written = batch.number
+                self.rows_written += len(batch.rows)
+                self.batches_written += 1
+                self._progress.set()
+                continue
+            if self._closing:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _write(self, batch: _Batch) -> None:
+        delay = self.backoff_initial
+        while True:
+            try:
+                await asyncio.to_thread(self._insert, batch)
+                return
+            except Exception as error:  # any failure: keep the batch, it is the data
+                self.retries += 1
+                self.last_error = error
+                self._column_types.pop(batch.table, None)  # the table may have been re-created
+                log.warning(
+                    "store write of %d rows to %s failed (retry in %.1fs): %s",
+                    len(batch.rows),
+                    batch.table,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _insert(self, batch: _Batch) -> None:
+        """Runs in a worker thread: the client is synchronous."""
+        if self._client is None:
+            assert self._factory is not None
+            self._client = self._factory()
+        client = self._client
+        types = self._column_types.get(batch.table)
+        if types is None:
+            context = client.create_insert_context(
+                batch.table, column_names=list(TABLE_COLUMNS[batch.table])
+            )
+            types = [column_type.name for column_type in context.column_types]
+            self._column_types[batch.table] = types
+        insert_rows(client, batch.table, batch.rows, dedup_token=batch.token, column_types=types)
