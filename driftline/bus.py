@@ -84,7 +84,7 @@ class KafkaOptions:
 
     bootstrap: str
     client_id: str = "driftline"
-    linger_ms: int = 5
+    linger_ms: int = 1
     max_batch_size: int = 256 * 1024
     compression: str | None = "lz4"
     publish_timeout: float = 5.0

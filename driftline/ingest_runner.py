@@ -18,6 +18,7 @@ import time
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from driftline.bus import Bus, KafkaBus, KafkaOptions, MemoryBus
@@ -120,13 +121,13 @@ def _worker(settings: Settings, flags: SynchronizedArray[Any], slot: int) -> Non
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker{slot} %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings, reuse_port=True, with_admin=False, ready_flags=flags, slot=slot))
+    uvloop.run(serve(settings, reuse_port=True, with_admin=False, ready_flags=flags, slot=slot))
 
 
 def run(settings: Settings) -> None:
     workers = settings.workers or os.cpu_count() or 1
     if workers == 1:
-        asyncio.run(serve(settings))
+        uvloop.run(serve(settings))
         return
     asyncio.run(_supervise(settings, workers))
 

@@ -56,10 +56,21 @@ def write_payloads(path: Path, fleet_size: int) -> int:
 
 
 def run_load(
-    generator: Path, payloads: Path, port: int, token: str, seconds: float, **flags: object
+    generator: Path,
+    payloads: Path,
+    protocol: str,
+    port: int,
+    token: str,
+    seconds: float,
+    **flags: object,
 ) -> dict[str, Any]:
+    target = (
+        ["-addr", f"127.0.0.1:{port}"]
+        if protocol == "grpc"
+        else ["-mode", "http", "-url", f"http://127.0.0.1:{port}/v1/metrics"]
+    )
     command = [
-        str(generator), "-payloads", str(payloads), "-addr", f"127.0.0.1:{port}",
+        str(generator), "-payloads", str(payloads), *target,
         "-token", token, "-duration", f"{seconds}s", "-warmup", "1s",
     ]  # fmt: skip
     for name, value in flags.items():
@@ -112,7 +123,9 @@ def _wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: floa
     raise RuntimeError("receiver not ready in time")
 
 
-def bench(bus: str, args: argparse.Namespace, generator: Path, payloads: Path) -> dict[str, float]:
+def bench(
+    bus: str, protocol: str, args: argparse.Namespace, generator: Path, payloads: Path
+) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     _, token = TokenStore(data / "tokens.db").create("bench")
     grpc_port, http_port, admin_port = _free_port(), _free_port(), _free_port()
@@ -130,15 +143,16 @@ def bench(bus: str, args: argparse.Namespace, generator: Path, payloads: Path) -
         try:
             _wait_ready(admin_port, receiver)
             before, began = _snapshots_total(admin_port), time.perf_counter()
+            port = grpc_port if protocol == "grpc" else http_port
             saturated = run_load(
-                generator, payloads, grpc_port, token, args.seconds,
+                generator, payloads, protocol, port, token, args.seconds,
                 concurrency=args.concurrency, connections=args.connections,
             )  # fmt: skip
             snapshots_per_second = (_snapshots_total(admin_port) - before) / (
                 time.perf_counter() - began
             )
             paced = run_load(
-                generator, payloads, grpc_port, token, args.seconds,
+                generator, payloads, protocol, port, token, args.seconds,
                 rate=args.rate or args.target / 2, connections=args.connections,
             )  # fmt: skip
             rss = _peak_rss_mib(receiver.pid)
@@ -161,6 +175,7 @@ def bench(bus: str, args: argparse.Namespace, generator: Path, payloads: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bus", choices=["memory", "kafka", "both"], default="both")
+    parser.add_argument("--protocol", choices=["grpc", "http", "both"], default="both")
     parser.add_argument("--workers", type=int, default=0, help="receiver processes (0 = cores)")
     parser.add_argument("--concurrency", type=int, default=256, help="in flight at saturation")
     parser.add_argument("--connections", type=int, default=32, help="gRPC connections")
@@ -175,15 +190,20 @@ def main() -> None:
     size = write_payloads(payloads, args.fleet)
     print(
         f"bench-ingest: {os.cpu_count()} cores, {args.workers or os.cpu_count()} receiver "
-        f"processes, OTLP/gRPC metrics exports of ~{size} B from {args.fleet} laptops, "
+        f"processes, OTLP metrics exports of ~{size} B from {args.fleet} laptops, "
         f"{args.connections} connections; saturation = {args.concurrency} in flight, "
         f"paced = {args.rate or args.target / 2:.0f}/s; {args.seconds:.0f} s each"
     )
-    rows = {bus: bench(bus, args, generator, payloads) for bus in buses}
-    columns = list(next(iter(rows.values())))
-    print(f"{'bus':8}" + "".join(f"{c:>14}" for c in columns))
-    for bus, row in rows.items():
-        print(f"{bus:8}" + "".join(f"{row[c]:>14.1f}" for c in columns))
+    protocols = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
+    columns: list[str] = []
+    for bus in buses:
+        for protocol in protocols:
+            row = bench(bus, protocol, args, generator, payloads)
+            if not columns:
+                columns = list(row)
+                print(f"{'bus/protocol':14}" + "".join(f"{c:>13}" for c in columns))
+            label = f"{bus}/{protocol}"
+            print(f"{label:14}" + "".join(f"{row[c]:>13.1f}" for c in columns), flush=True)
 
 
 if __name__ == "__main__":

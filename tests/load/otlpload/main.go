@@ -16,8 +16,8 @@
 // (errors.overload), latencies are of successful requests, and "seconds" runs
 // from the end of the warm-up until the last counted request finished.
 //
-// It runs on one OS thread at a time unless GOMAXPROCS is set: on a 2-core
-// machine that leaves the receiver more CPU and costs less per request.
+// Unless GOMAXPROCS is set it runs Go code on one core at a time: on a 2-core
+// machine that costs less CPU per request and leaves the receiver the rest.
 package main
 
 import (
@@ -132,8 +132,8 @@ func main() {
 		fail("-mode must be grpc or http, not %q", *mode)
 	case *connections < 1 || *concurrency < 1 || *maxInflight < 1:
 		fail("-connections, -concurrency and -max-inflight must be at least 1")
-	case *rate < 0 || *duration <= 0 || *warmup < 0 || *timeout <= 0:
-		fail("-rate and -warmup must not be negative, -duration and -timeout must be positive")
+	case !(*rate >= 0) || math.IsInf(*rate, 1) || *duration <= 0 || *warmup < 0 || *timeout <= 0:
+		fail("-rate and -warmup must be finite and not negative; -duration and -timeout must be positive")
 	}
 	bodies, err := readPayloads(*payloads)
 	if err != nil {
@@ -231,12 +231,12 @@ func readPayloads(path string) ([][]byte, error) {
 		if len(data) < 4 {
 			return nil, fmt.Errorf("%s: truncated length prefix after %d requests", path, len(bodies))
 		}
-		n := binary.BigEndian.Uint32(data)
-		if uint64(len(data)-4) < uint64(n) {
-			return nil, fmt.Errorf("%s: request %d claims %d bytes, %d left", path, len(bodies), n, len(data)-4)
+		end := 4 + int(binary.BigEndian.Uint32(data))
+		if end > len(data) {
+			return nil, fmt.Errorf("%s: request %d claims %d bytes, %d left", path, len(bodies), end-4, len(data)-4)
 		}
-		bodies = append(bodies, data[4:4+n:4+n])
-		data = data[4+n:]
+		bodies = append(bodies, data[4:end:end])
+		data = data[end:]
 	}
 	if len(bodies) == 0 {
 		return nil, fmt.Errorf("%s: no requests", path)
