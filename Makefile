@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/driftline ingest --bus memory
+	$(BIN)/driftline run
 
 test: install
 	$(BIN)/python -m pytest -q

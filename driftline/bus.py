@@ -165,6 +165,15 @@ class KafkaBus:
     def ready(self) -> bool:
         return self._ready
 
+    async def wait_ready(self, within: float) -> None:
+        """For one-shot publishers (CLI commands), which have nothing to do until connected."""
+        if self._connector is None:
+            raise BusUnavailable("bus not started")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connector), within)
+        except TimeoutError as error:
+            raise BusUnavailable(f"kafka not reachable at {self.options.bootstrap}") from error
+
     async def stop(self) -> None:
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -85,6 +86,10 @@ def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
     token_id, token, rotation = store.rotate(
         args.tenant, grace, parse_duration(settings.token_memory)
     )
+    # the processors learn of the rotation through the tenant's policy, like any policy change
+    _publish_policy(
+        settings, _policies(settings).record_rotation(args.tenant, _utc(rotation.rotated_at))
+    )
     print(
         f"rotated tenant {args.tenant}: new token {token_id}; previous tokens work until "
         f"{format_time(rotation.grace_ends)}. The new token is shown once:",
@@ -129,6 +134,146 @@ def _cmd_tokens_list(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    return 0
+
+
+def _policies(settings: Settings) -> Any:
+    from driftline.policies import PolicyDirectory
+
+    return PolicyDirectory(settings.data / "policies")
+
+
+def _utc(timestamp: float) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _publish_policy(settings: Settings, policy: Any) -> None:
+    """Embedded: the data directory is the source. Kafka: also the compacted policy topic."""
+    if settings.bus == "kafka":
+        import asyncio
+
+        from driftline.policies import publish
+
+        asyncio.run(publish(settings.bootstrap, policy))
+
+
+def _cmd_policy_set(args: argparse.Namespace) -> int:
+    from schemas.policy import PolicyError, TenantPolicy
+
+    settings = _settings(args)
+    try:
+        policy = TenantPolicy.from_file(args.file)
+    except PolicyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from ingest.tokens import TokenStore
+
+    rotations = TokenStore(settings.token_registry).rotations(policy.tenant)
+    if rotations and policy.token_rotated_at is None:
+        policy = policy.model_copy(update={"token_rotated_at": _utc(rotations[-1].rotated_at)})
+    stored = _policies(settings).put(policy)
+    _publish_policy(settings, stored)
+    print(f"policy of tenant {stored.tenant} is now version {stored.version}")
+    return 0
+
+
+def _cmd_policy_show(args: argparse.Namespace) -> int:
+    from schemas.policy import TenantPolicy
+
+    policy = _policies(_settings(args)).get(args.tenant)
+    if policy is None:
+        print(
+            f"no policy published for tenant {args.tenant}; the default applies:", file=sys.stderr
+        )
+        policy = TenantPolicy.default(args.tenant)
+    print(json.dumps(json.loads(policy.to_json()), indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from driftline import embedded
+
+    uvloop.run(embedded.run(_settings(args)))
+    return 0
+
+
+def _query(args: argparse.Namespace, path: str, params: dict[str, str | None]) -> Any:
+    """Through the running `driftline run` if there is one (it holds the embedded store)."""
+    from driftline import embedded, store
+
+    if not args.all_tenants and not args.tenant:
+        raise ValueError("name a tenant with --tenant (or --all-tenants, for administrators)")
+    tenant = None if args.all_tenants else args.tenant
+    settings = _settings(args)
+    running = embedded.run_file(settings.data)
+    if args.clickhouse is None and running.exists():
+        import httpx
+
+        base = json.loads(running.read_text())["admin"]
+        query = {k: v for k, v in {**params, "tenant": tenant}.items() if v is not None}
+        response = httpx.get(f"{base}/api/{path}", params=query, timeout=30)
+        response.raise_for_status()
+        return response.json()
+    dsn = args.clickhouse or f"chdb://{embedded.store_path(settings.data).resolve()}"
+    client = store.connect(dsn)
+    try:
+        store.migrate(client)
+        from driftline import queries
+
+        if path == "drift":
+            return queries.drift(client, tenant, params["kind"], params["team"], params["service"])
+        return queries.endpoint_history(client, tenant, str(params["id"]))
+    finally:
+        client.close()
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = [columns] + [
+        ["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    rows = _query(args, "drift", {"kind": args.kind, "team": args.team, "service": args.service})
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    else:
+        columns = [
+            "tenant_id",
+            "endpoint_id",
+            "kind",
+            "team_id",
+            "service_name",
+            "app_version",
+            "detail",
+            "first_seen",
+        ]
+        _print_table(rows, columns)
+    return 0
+
+
+def _cmd_endpoint(args: argparse.Namespace) -> int:
+    history = _query(args, "endpoint", {"id": args.endpoint_id})
+    if args.json:
+        print(json.dumps(history, default=str, indent=2))
+        return 0
+    print(f"endpoint {history['endpoint_id']}")
+    print("\nstates:")
+    _print_table(
+        history["states"],
+        ["first_seen", "last_seen", "service_name", "app_version", "team_id", "serial_number"],
+    )
+    print("\nflags:")
+    _print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])
+    print("\nrejected requests:")
+    _print_table(history["rejections"], ["observed_at", "reason", "token_id", "source"])
     return 0
 
 
@@ -181,6 +326,48 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_cmd_tokens_list)
     for sub in (create, rotate, revoke, listing):
         _add_setting_flags(sub, "--data", "--tokens")
+    _add_setting_flags(rotate, "--bus", "--bootstrap")
+
+    run = commands.add_parser(
+        "run",
+        help="the embedded pipeline: receiver + detectors + store in one process, no Kafka",
+        description="Receive OTLP, detect drift and keep history in the embedded ClickHouse "
+        "(chDB) under --data. State survives restarts.",
+    )
+    _add_setting_flags(
+        run, *(f for f in _SETTING_FLAGS if f not in ("--bus", "--bootstrap", "--workers"))
+    )
+    run.set_defaults(func=_cmd_run)
+
+    policy = commands.add_parser("policy", help="publish and show tenant policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    policy_set = policy_commands.add_parser(
+        "set", help="publish a tenant policy file (YAML or JSON) as its next version"
+    )
+    policy_set.add_argument("file", type=Path)
+    policy_set.set_defaults(func=_cmd_policy_set)
+    policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
+    policy_show.add_argument("--tenant", required=True)
+    policy_show.set_defaults(func=_cmd_policy_show)
+    for sub in (policy_set, policy_show):
+        _add_setting_flags(sub, "--data", "--tokens", "--bus", "--bootstrap")
+
+    drift = commands.add_parser("drift", help="list open drift (one tenant, filters optional)")
+    endpoint = commands.add_parser("endpoint", help="one endpoint's versions, attributes, flags")
+    endpoint.add_argument("endpoint_id", help="tenant/identity, e.g. acme/C02XYZ")
+    for sub in (drift, endpoint):
+        sub.add_argument("--tenant", default=None, help="the tenant to look at")
+        sub.add_argument("--all-tenants", action="store_true", help="administrators: no scoping")
+        sub.add_argument(
+            "--clickhouse", default=None, help="DSN, e.g. https://user:pass@host:8443/db"
+        )
+        sub.add_argument("--json", action="store_true", help="JSON for machines")
+        _add_setting_flags(sub, "--data")
+    drift.add_argument("--kind", choices=["outdated_client", "missing_policy", "stale_token"])
+    drift.add_argument("--team", default=None)
+    drift.add_argument("--service", default=None)
+    drift.set_defaults(func=_cmd_drift)
+    endpoint.set_defaults(func=_cmd_endpoint)
 
     kafka = commands.add_parser("kafka", help="run a local single-node Kafka for development")
     kafka.add_argument("kafka_command", choices=["up", "down", "status"])
@@ -196,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -51,6 +51,7 @@ def build_service(settings: Settings, bus: Bus) -> IngestService:
             settings.max_attribute_value_length,
         ),
         max_inflight=settings.max_inflight,
+        auth_event_interval=settings.auth_event_interval,
     )
     return IngestService(Authenticator(settings.token_registry), bus, options)
 
@@ -73,7 +74,7 @@ async def start_admin(settings: Settings, app: web.Application) -> web.AppRunner
     return runner
 
 
-async def _until_signalled() -> None:
+async def until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,7 +102,7 @@ async def serve(
         asyncio.create_task(_report_ready(service, ready_flags, slot)) if ready_flags else None
     )
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         if reporter:
             reporter.cancel()

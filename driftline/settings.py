@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     identity_attributes: tuple[str, ...] = DEFAULT_IDENTITY_ATTRIBUTES
     max_inflight: int = 4096
     publish_timeout: float = 5.0
+    auth_event_interval: float = 10.0  # at most one AuthEvent per endpoint, reason and token
 
     # tokens
     tokens: Path | None = None  # default: <data>/tokens.db

@@ -508,6 +508,8 @@ class BatchWriter:
         self._sealed = 0  # number of the last sealed batch
         self._written = 0  # batches are written in order, so this is a high-water mark
         self._column_types: dict[str, list[str]] = {}
+        self._added_per_table: dict[str, int] = {}
+        self._written_per_table: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
@@ -572,11 +574,32 @@ class BatchWriter:
             buffer.since = time.monotonic()
             self._wake.set()  # the worker must learn the new deadline
         buffer.rows.append(values)
+        self._added_per_table[table] = self._added_per_table.get(table, 0) + 1
         self._pending += 1
         self.rows_added += 1
         if len(buffer.rows) >= self.max_rows:
             self._seal(table)
             self._wake.set()
+
+    async def add_durably(self, messages: Sequence[StoreMessage]) -> None:
+        """Add, then return once every one of these rows is written (group commit).
+
+        Concurrent callers share batches, so `max_delay` bounds the wait and the insert rate.
+        Rows of one table are sealed and written in order, so a per-table row count is enough
+        to know when ours have landed.
+        """
+        marks: dict[str, int] = {}
+        for message in messages:
+            table, values = _values_for(message)
+            await self._add(table, values)
+            marks[table] = self._added_per_table[table]
+        for table, mark in marks.items():
+            while self._written_per_table.get(table, 0) < mark:
+                self._check_worker()
+                if self._closing and self._worker is not None and self._worker.done():
+                    raise WriterClosed("store writer closed before the rows were written")
+                self._progress.clear()
+                await self._progress.wait()
 
     async def flush(self) -> None:
         """Write everything added so far; waits as long as ClickHouse stays unavailable."""
@@ -653,6 +676,9 @@ class BatchWriter:
                 self._ready.popleft()
                 self._pending -= len(batch.rows)
                 self._written = batch.number
+                self._written_per_table[batch.table] = self._written_per_table.get(
+                    batch.table, 0
+                ) + len(batch.rows)
                 self.rows_written += len(batch.rows)
                 self.batches_written += 1
                 self._progress.set()

@@ -1,0 +1,154 @@
+"""`driftline run`: receiver, detectors and store in one process, no Kafka.
+
+The same detectors and the same SQL as the Kafka deployment, with the in-process bus between
+them. A request is answered only once its snapshot and any flags it caused are written to the
+store (group commit), and the detectors' state is rebuilt from the store on start, so a crash
+or restart loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from driftline import queries, store
+from driftline.bus import MemoryBus, Record
+from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
+from driftline.policies import PolicyDirectory
+from driftline.settings import Settings
+from ingest import admin
+from ingest.receiver import Receiver
+from processors.engine import DriftEngine
+from processors.recovery import load_states
+from schemas import AuthEvent, DriftFlag, EndpointSnapshot, topics
+
+log = logging.getLogger(__name__)
+
+
+def store_path(data: Path) -> Path:
+    return data / "clickhouse"
+
+
+def run_file(data: Path) -> Path:
+    """Where a running `driftline run` says how to reach it (it holds the chdb lock)."""
+    return data / "run.json"
+
+
+class Pipeline:
+    """Detectors and store behind the in-process bus."""
+
+    def __init__(self, engine: DriftEngine, writer: store.BatchWriter, bus: MemoryBus) -> None:
+        self.engine = engine
+        self.writer = writer
+        self.bus = bus
+        bus.subscribe(self.on_record)
+
+    async def on_record(self, record: Record) -> None:
+        event: EndpointSnapshot | AuthEvent
+        if record.topic == topics.SNAPSHOTS:
+            event = EndpointSnapshot.from_json(record.value)
+        elif record.topic == topics.AUTH_EVENTS:
+            event = AuthEvent.from_json(record.value)
+        else:
+            return
+        flags = self.engine.on_event(event)
+        await self.writer.add_durably([event, *flags])
+        await self._announce(flags)
+
+    async def apply_policies(self, directory: PolicyDirectory) -> None:
+        now = datetime.now(UTC)
+        for policy in directory.all():
+            flags = self.engine.set_policy(policy, now)
+            if flags:
+                log.info(
+                    "policy v%d of %s: %d flag changes", policy.version, policy.tenant, len(flags)
+                )
+                await self.writer.add_durably(flags)
+                await self._announce(flags)
+
+    async def _announce(self, flags: list[DriftFlag]) -> None:
+        """Flags go on the bus too, for in-process consumers (remediation)."""
+        if flags:
+            await self.bus.publish(
+                [Record(topics.FLAGS, f.endpoint_id, f.to_json()) for f in flags]
+            )
+
+
+async def _watch_policies(pipeline: Pipeline, directory: PolicyDirectory) -> None:
+    stamp = directory.stamp()
+    while True:
+        await asyncio.sleep(1.0)
+        if (current := directory.stamp()) != stamp:
+            stamp = current
+            try:
+                await pipeline.apply_policies(directory)
+            except ValueError as error:  # a bad file must not stop the pipeline
+                log.error("policy not applied: %s", error)
+
+
+def query_routes(client: Any) -> list[web.RouteDef]:
+    """Read-only query API for `driftline drift/endpoint` while this process holds the store."""
+
+    async def drift(request: web.Request) -> web.Response:
+        q = request.query
+        rows = await asyncio.to_thread(
+            queries.drift, client, q.get("tenant"), q.get("kind"), q.get("team"), q.get("service")
+        )
+        return web.json_response(rows, dumps=_dumps)
+
+    async def endpoint(request: web.Request) -> web.Response:
+        history = await asyncio.to_thread(
+            queries.endpoint_history, client, request.query.get("tenant"), request.query["id"]
+        )
+        return web.json_response(history, dumps=_dumps)
+
+    return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+async def run(settings: Settings) -> None:
+    data = settings.data
+    client = store.connect(f"chdb://{store_path(data).resolve()}")
+    applied = store.migrate(client)
+    if applied:
+        log.info("store migrated to version %d", applied[-1])
+    engine = DriftEngine(load_states(client))
+    log.info("recovered %d endpoint states from %s", len(engine.states), store_path(data))
+    writer = store.BatchWriter(client, max_delay=0.02)
+    bus = MemoryBus(keep=1000)
+    pipeline = Pipeline(engine, writer, bus)
+    directory = PolicyDirectory(data / "policies")
+    await pipeline.apply_policies(directory)
+    watcher = asyncio.create_task(_watch_policies(pipeline, directory))
+
+    service = build_service(settings, bus)
+    receiver = Receiver(service, receiver_options(settings, reuse_port=False))
+    await receiver.start()
+    app = admin.build_app(service.ready)
+    app.add_routes(query_routes(client))
+    admin_runner = await start_admin(settings, app)
+    run_file(data).write_text(
+        json.dumps({"pid": os.getpid(), "admin": f"http://{settings.host}:{settings.admin_port}"})
+    )
+    try:
+        await until_signalled()
+    finally:
+        run_file(data).unlink(missing_ok=True)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await receiver.stop()
+        await admin_runner.cleanup()
+        await writer.close()
+        client.close()

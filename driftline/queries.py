@@ -1,0 +1,70 @@
+"""The questions `driftline drift` and `driftline endpoint` answer, as bound-parameter SQL.
+
+Every query is scoped to one tenant; `tenant=None` (all tenants) is for administrators and only
+reachable through an explicit `--all-tenants` flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from driftline.store import query_dicts
+
+# SQL here is assembled only from these constants; every value is a bound parameter, which is
+# why the S608 (SQL built from strings) warnings below are silenced.
+_OPTIONAL = "({name:Nullable(String)} IS NULL OR {column} = {name:Nullable(String)})"
+
+
+def _where(**filters: str) -> str:
+    return " AND ".join(
+        _OPTIONAL.replace("{name", "{" + name).replace("{column}", column)
+        for name, column in filters.items()
+    )
+
+
+def drift(
+    client: Client,
+    tenant: str | None,
+    kind: str | None = None,
+    team: str | None = None,
+    service: str | None = None,
+) -> list[dict[str, Any]]:
+    """Open drift flags with the endpoint's team, service and version."""
+    sql = (
+        "SELECT tenant_id, endpoint_id, kind, detail, team_id, service_name, app_version, "  # noqa: S608
+        "first_seen, last_seen, policy_version, flag_id FROM drift_current WHERE "
+        + _where(tenant="tenant_id", kind="kind", team="team_id", service="service_name")
+        + " ORDER BY tenant_id, endpoint_id, kind"
+    )
+    return query_dicts(
+        client, sql, {"tenant": tenant, "kind": kind, "team": team, "service": service}
+    )
+
+
+def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> dict[str, Any]:
+    """One endpoint: each distinct state it reported, every flag transition, recent rejections."""
+    scope = _where(tenant="tenant_id") + " AND endpoint_id = {endpoint:String}"
+    parameters = {"tenant": tenant, "endpoint": endpoint_id}
+    states = query_dicts(
+        client,
+        "SELECT service_name, app_version, team_id, serial_number, resource_attributes, "  # noqa: S608
+        "min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM endpoint_states FINAL "
+        f"WHERE {scope} GROUP BY state_hash, service_name, app_version, team_id, "
+        "serial_number, resource_attributes ORDER BY first_seen",
+        parameters,
+    )
+    flags = query_dicts(
+        client,
+        "SELECT kind, state, detail, first_seen, last_seen, policy_version, flag_id "  # noqa: S608
+        f"FROM drift_flags FINAL WHERE {scope} ORDER BY last_seen, state DESC",
+        parameters,
+    )
+    rejections = query_dicts(
+        client,
+        "SELECT reason, token_id, source, observed_at FROM auth_events "  # noqa: S608
+        f"WHERE {scope} ORDER BY observed_at DESC LIMIT 50",
+        parameters,
+    )
+    return {"endpoint_id": endpoint_id, "states": states, "flags": flags, "rejections": rejections}

@@ -1,0 +1,77 @@
+"""Rebuild endpoint states from the store after a restart of the embedded runner.
+
+The store holds what detectors need: each endpoint's latest state (endpoints_latest), its open
+flags (drift_current) and its recent rejected requests (auth_events). A request is acknowledged
+only after its rows are written, so everything acknowledged is recovered.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime
+
+from clickhouse_connect.driver.client import Client
+
+from driftline.store import query_dicts
+from processors.state import EndpointState, OpenFlag, intern_text, present_attributes, utc
+from schemas import FlagKind
+from schemas.policy import MAX_STALE_THRESHOLD
+
+_KIND_ORDER = {kind: index for index, kind in enumerate(FlagKind)}
+
+
+def load_states(client: Client) -> dict[str, EndpointState]:
+    states: dict[str, EndpointState] = {}
+    for row in query_dicts(client, "SELECT * FROM endpoints_latest"):
+        at = utc(row["last_received"])
+        states[row["endpoint_id"]] = EndpointState(
+            tenant_id=row["tenant_id"],
+            endpoint_id=row["endpoint_id"],
+            last_event_at=at,
+            snapshot_at=at,
+            service_name=intern_text(row["service_name"]),
+            app_version=intern_text(row["app_version"]),
+            attributes=present_attributes(row["resource_attributes"], row["team_id"]),
+        )
+    rejections = _recent_rejections(client, states)
+    for endpoint_id, (tenant_id, times) in rejections.items():
+        state = states.get(endpoint_id) or EndpointState(
+            tenant_id=tenant_id, endpoint_id=endpoint_id, last_event_at=times[-1]
+        )
+        states[endpoint_id] = replace(
+            state, rejections=tuple(times), last_event_at=max(state.last_event_at, times[-1])
+        )
+    flags: defaultdict[str, list[OpenFlag]] = defaultdict(list)
+    for row in query_dicts(client, "SELECT * FROM drift_current"):
+        flags[row["endpoint_id"]].append(
+            OpenFlag(FlagKind(row["kind"]), row["flag_id"], utc(row["first_seen"]), row["detail"])
+        )
+    for endpoint_id, open_flags in flags.items():
+        if endpoint_id in states:
+            ordered = tuple(sorted(open_flags, key=lambda flag: _KIND_ORDER[flag.kind]))
+            states[endpoint_id] = replace(states[endpoint_id], open_flags=ordered)
+    return states
+
+
+def _recent_rejections(
+    client: Client, states: dict[str, EndpointState]
+) -> dict[str, tuple[str, list[datetime]]]:
+    """Retired/revoked rejections after each endpoint's last snapshot (the ones still counting)."""
+    rows = query_dicts(
+        client,
+        "SELECT tenant_id, endpoint_id, groupArray({limit:UInt32})(observed_at) AS times "
+        "FROM (SELECT DISTINCT tenant_id, endpoint_id, observed_at FROM auth_events "
+        "WHERE endpoint_id != '' AND tenant_id != '' "
+        "AND reason IN ('retired', 'revoked') ORDER BY observed_at DESC) "
+        "GROUP BY tenant_id, endpoint_id",
+        {"limit": MAX_STALE_THRESHOLD},
+    )
+    out: dict[str, tuple[str, list[datetime]]] = {}
+    for row in rows:
+        state = states.get(row["endpoint_id"])
+        since = state.snapshot_at if state is not None else None
+        times = sorted(utc(t) for t in row["times"] if since is None or utc(t) > since)
+        if times:
+            out[row["endpoint_id"]] = (row["tenant_id"], times)
+    return out

@@ -1,0 +1,156 @@
+"""`driftline run` end to end: real SDK exporters → receiver → detectors → chDB, and restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ingest.tokens import TokenStore
+from tests.support.otel import claude_resource, export_logs, export_metrics
+from tests.test_ingest_process import _free_port, _wait_ready
+
+POLICY = """
+tenant: acme
+tools:
+  claude-code:
+    minimum_version: "2.0.10"
+required_attributes: [team.id]
+stale_token: {threshold: 3, window: 10m}
+"""
+
+
+class Run:
+    """A `driftline run` process on free ports over one data directory."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.ports = {"grpc": _free_port(), "http": _free_port(), "admin": _free_port()}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DRIFTLINE_AUTH_EVENT_INTERVAL": "0.5"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "run", "--data", str(self.data),
+             "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
+             "--admin-port", str(self.ports["admin"])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        _wait_ready(self.ports["admin"], self.process, timeout=60)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        output = self.process.communicate(timeout=60)[0].decode()
+        self.process = None
+        return output
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "driftline.cli", *args, "--data", str(self.data)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def drift(self) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = json.loads(self.cli("drift", "--tenant", "acme", "--json"))
+        return rows
+
+    def open_flags(self) -> set[tuple[str, str]]:
+        return {(row["endpoint_id"], row["kind"]) for row in self.drift()}
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    running = Run(tmp_path)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    yield running
+    if running.process is not None:
+        running.stop(signal.SIGKILL)
+
+
+def until(predicate: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_fleet_drift_is_flagged_and_resolved(run: Run) -> None:
+    token = TokenStore(run.data / "tokens.db").create("acme")[1]
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    run.start()
+    grpc, http = run.ports["grpc"], run.ports["http"]
+    assert export_metrics("grpc", grpc, token, claude_resource("OLD", "web"), app_version="2.0.3")
+    assert export_logs("http", http, token, claude_resource("NOTEAM", None), app_version="2.0.14")
+    assert export_metrics("http", http, token, claude_resource("OK", "web"), app_version="2.0.14")
+    # acknowledged means stored: no waiting needed before asking
+    assert run.open_flags() == {("acme/OLD", "outdated_client"), ("acme/NOTEAM", "missing_policy")}
+    [old] = [row for row in run.drift() if row["endpoint_id"] == "acme/OLD"]
+    assert old["detail"] == "2.0.3 < minimum 2.0.10 for claude-code"
+    assert old["team_id"] == "web" and old["app_version"] == "2.0.3"
+    assert run.cli("drift", "--tenant", "acme", "--kind", "missing_policy").count("acme/") == 1
+    assert "acme/OLD" not in run.cli("drift", "--tenant", "other")  # tenants are isolated
+
+    # a rotated token still used after its grace: three 401s → stale_token
+    run.cli("tokens", "rotate", "--tenant", "acme", "--grace", "0s")
+    assert json.loads(run.cli("policy", "show", "--tenant", "acme"))["token_rotated_at"]
+    new_token = run.cli("tokens", "create", "--tenant", "acme").strip().splitlines()[-1]
+    for _ in range(3):
+        assert not export_metrics("grpc", grpc, token, claude_resource("OK", "web"))
+        time.sleep(0.6)  # the receiver reports one rejection per endpoint per interval
+    until(lambda: ("acme/OK", "stale_token") in run.open_flags())
+
+    # fixing the endpoints resolves their flags
+    assert export_metrics("grpc", grpc, new_token, claude_resource("OLD", "web"), "2.0.12")
+    assert export_metrics("http", http, new_token, claude_resource("NOTEAM", "data"), "2.0.14")
+    assert export_metrics("http", http, new_token, claude_resource("OK", "web"), "2.0.14")
+    assert run.open_flags() == set()
+    history = json.loads(run.cli("endpoint", "acme/OLD", "--tenant", "acme", "--json"))
+    assert [(f["kind"], f["state"]) for f in history["flags"]] == [
+        ("outdated_client", "raised"),
+        ("outdated_client", "resolved"),
+    ]
+    assert [s["app_version"] for s in history["states"]] == ["2.0.3", "2.0.12"]
+    assert "Traceback" not in run.stop()
+
+
+def test_policy_change_reevaluates_known_endpoints_without_telemetry(run: Run) -> None:
+    token = TokenStore(run.data / "tokens.db").create("acme")[1]
+    run.start()
+    assert export_metrics("grpc", run.ports["grpc"], token, claude_resource("A", "web"), "2.0.3")
+    assert run.open_flags() == set()  # no minimum yet
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    until(lambda: run.open_flags() == {("acme/A", "outdated_client")})
+    (run.data / "policy.yaml").write_text(POLICY.replace("2.0.10", "2.0.1"))
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    until(lambda: run.open_flags() == set())
+
+
+def test_a_restart_loses_nothing_acknowledged(run: Run) -> None:
+    token = TokenStore(run.data / "tokens.db").create("acme")[1]
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    run.start()
+    port = run.ports["http"]
+    for i in range(10):
+        assert export_metrics("http", port, token, claude_resource(f"E{i}", "web"), "2.0.3")
+    run.stop(signal.SIGKILL)  # no clean shutdown: only what was acknowledged counts
+    run.start()
+    assert len(run.open_flags()) == 10
+    # state was recovered: an upgrade resolves, a repeat of old telemetry raises nothing new
+    assert export_metrics("http", port, token, claude_resource("E0", "web"), "2.0.14")
+    assert export_metrics("http", port, token, claude_resource("E1", "web"), "2.0.3")
+    assert {e for e, _ in run.open_flags()} == {f"acme/E{i}" for i in range(1, 10)}
+    history = json.loads(run.cli("endpoint", "acme/E1", "--tenant", "acme", "--json"))
+    assert [f["state"] for f in history["flags"]] == ["raised"]
+    assert httpx.get(f"http://127.0.0.1:{run.ports['admin']}/readyz").status_code == 200
