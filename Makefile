@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest clean
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline clean
 
 help:
 	@echo "make run           install, then run the pipeline on the embedded default"
@@ -14,6 +14,7 @@ help:
 	@echo "make kafka-up      start a local single-node Kafka (KRaft) on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down    stop it"
 	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
+	@echo "make bench-pipeline  measure detectors + store: snapshots/s, latency to ClickHouse, state size"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -52,6 +53,9 @@ kafka-down: install
 
 bench-ingest: install
 	$(BIN)/python -m tests.load.bench_ingest
+
+bench-pipeline: install
+	$(BIN)/python -m tests.load.bench_pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -654,7 +654,14 @@ class BatchWriter:
         buffer.rows = []
 
     def _seal_due(self) -> float | None:
-        """Seal buffers whose oldest row waited max_delay; return seconds to the next deadline."""
+        """Seal buffers whose oldest row waited max_delay; return seconds to the next deadline.
+
+        Nothing is sealed by time while batches wait to be written: rows keep gathering in
+        the buffer and go out as one larger batch, so a slow store gets fewer, bigger inserts
+        instead of a growing queue of small ones.
+        """
+        if self._ready:
+            return None
         now = time.monotonic()
         wait: float | None = None
         for table, buffer in self._buffers.items():

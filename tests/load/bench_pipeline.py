@@ -1,0 +1,167 @@
+"""`make bench-pipeline`: the detectors and the store under a fleet's worth of snapshots.
+
+Prints, for the embedded runner: snapshots/s through one worker (JSON decode → detectors →
+ClickHouse, durably written), telemetry → flag-in-ClickHouse latency at a paced 2,000
+exports/s through a real `driftline run` (an export is answered only once its snapshot and
+flags are stored, so the answer time is that latency), and detector state per endpoint at
+100k endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from driftline import store
+from driftline.bus import MemoryBus, Record
+from driftline.embedded import Pipeline
+from ingest.tokens import TokenStore
+from processors.engine import DriftEngine
+from schemas import EndpointSnapshot, Signal, topics
+from schemas.policy import TenantPolicy, ToolPolicy
+from tests.load.bench_ingest import (
+    _free_port,
+    _peak_rss_mib,
+    _wait_ready,
+    build_generator,
+    run_load,
+    write_payloads,
+)
+from tests.load.fleet import Laptop, fleet
+
+POLICY = TenantPolicy(
+    tenant="bench", version=1, tools={"claude-code": ToolPolicy(minimum_version="2.0.10")}
+)
+
+
+def snapshot(laptop: Laptop, at: datetime) -> EndpointSnapshot:
+    attributes = {
+        "service.name": "claude-code",
+        "service.version": laptop.version,
+        "os.type": "darwin",
+        "host.arch": "arm64",
+        "device.serial_number": laptop.serial,
+    }
+    if laptop.team:
+        attributes["team.id"] = laptop.team
+    return EndpointSnapshot(
+        tenant_id="bench", endpoint_id=f"bench/{laptop.serial}", serial_number=laptop.serial,
+        service_name="claude-code", app_version=laptop.version, team_id=laptop.team,
+        resource_attributes=attributes, signal=Signal.METRICS, observed_at=at, received_at=at,
+    )  # fmt: skip
+
+
+async def embedded_throughput(count: int, endpoints: int, concurrency: int) -> float:
+    """Snapshots/s through one embedded worker's pipeline, as concurrent requests drive it."""
+    laptops = fleet(endpoints)
+    start = datetime.now(UTC)
+    records = [
+        Record(topics.SNAPSHOTS, f"bench/{laptop.serial}", snapshot(laptop, when).to_json())
+        for i in range(count)
+        for laptop, when in [(laptops[i % endpoints], start + timedelta(milliseconds=i))]
+    ]
+    with tempfile.TemporaryDirectory() as data:
+        client = store.connect(f"chdb://{data}")
+        store.migrate(client)
+        engine = DriftEngine()
+        engine.set_policy(POLICY, start)
+        writer = store.BatchWriter(client, max_delay=0.02)
+        pipeline = Pipeline(engine, writer, MemoryBus(keep=1))
+        queue = iter(records)
+
+        async def feeder() -> None:
+            for record in queue:
+                await pipeline.on_record(record)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(feeder() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        await writer.close()
+        client.close()
+    return count / elapsed
+
+
+def state_bytes_per_endpoint(endpoints: int) -> float:
+    laptops = fleet(endpoints)
+    at = datetime.now(UTC)
+    snapshots = [snapshot(laptop, at) for laptop in laptops]
+    engine = DriftEngine()
+    engine.set_policy(POLICY, at)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for item in snapshots:
+        engine.on_event(item)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / endpoints
+
+
+def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
+    data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    _, token = TokenStore(data / "tokens.db").create("bench")
+    from driftline.policies import PolicyDirectory
+
+    PolicyDirectory(data / "policies").put(POLICY.model_copy(update={"version": 0}))
+    ports = {"grpc": _free_port(), "http": _free_port(), "admin": _free_port()}
+    command = [
+        sys.executable, "-m", "driftline.cli", "run", "--data", str(data),
+        "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
+        "--admin-port", str(ports["admin"]),
+    ]  # fmt: skip
+    payloads = data / "exports.bin"
+    write_payloads(payloads, 20_000)
+    with (data / "run.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(ports["admin"], process)
+            result = run_load(
+                build_generator(), payloads, "http", ports["http"], token, seconds,
+                rate=rate, connections=32,
+            )  # fmt: skip
+            rss = _peak_rss_mib(process.pid)
+        finally:
+            process.terminate()
+            process.wait(60)
+    return {
+        "rate": result["rate"],
+        "failed": result["failed"],
+        "p50": result["p50_ms"],
+        "p99": result["p99_ms"],
+        "rss": rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--snapshots", type=int, default=100_000)
+    parser.add_argument("--endpoints", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--state-endpoints", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    print("bench-pipeline (embedded runner, one worker)")
+    throughput = asyncio.run(embedded_throughput(args.snapshots, args.endpoints, args.concurrency))
+    print(
+        f"  throughput: {throughput:,.0f} snapshots/s "
+        f"({args.snapshots:,} snapshots over {args.endpoints:,} endpoints, durable in chDB)"
+    )
+    per_endpoint = state_bytes_per_endpoint(args.state_endpoints)
+    print(f"  state: {per_endpoint:,.0f} bytes per endpoint at {args.state_endpoints:,} endpoints")
+    latency = embedded_latency(args.rate, args.seconds)
+    print(
+        f"  telemetry → flag in ClickHouse at {latency['rate']:,.0f} exports/s over OTLP/HTTP: "
+        f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, "
+        f"{latency['failed']:.0f} failed, peak RSS {latency['rss']:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
