@@ -125,7 +125,7 @@ async def run(settings: Settings) -> None:
         log.info("store migrated to version %d", applied[-1])
     engine = DriftEngine(load_states(client))
     log.info("recovered %d endpoint states from %s", len(engine.states), store_path(data))
-    writer = store.BatchWriter(client, max_delay=0.02)
+    writer = store.BatchWriter(client, max_delay=0.05)
     bus = MemoryBus(keep=1000)
     pipeline = Pipeline(engine, writer, bus)
     directory = PolicyDirectory(data / "policies")

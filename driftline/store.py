@@ -510,6 +510,7 @@ class BatchWriter:
         self._column_types: dict[str, list[str]] = {}
         self._added_per_table: dict[str, int] = {}
         self._written_per_table: dict[str, int] = {}
+        self._durable_waiters: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
@@ -540,6 +541,7 @@ class BatchWriter:
             )
             # wake adds and flushes waiting for progress that a dead worker will never make
             self._worker.add_done_callback(lambda _: self._progress.set())
+            self._worker.add_done_callback(lambda _: self._fail_waiters())
 
     def _check_worker(self) -> None:
         """A worker that died of a bug must fail adds loudly, not block them forever."""
@@ -584,22 +586,41 @@ class BatchWriter:
     async def add_durably(self, messages: Sequence[StoreMessage]) -> None:
         """Add, then return once every one of these rows is written (group commit).
 
-        Concurrent callers share batches, so `max_delay` bounds the wait and the insert rate.
-        Rows of one table are sealed and written in order, so a per-table row count is enough
-        to know when ours have landed.
+        Concurrent callers share batches, so ``max_delay`` bounds the wait and the insert rate.
+        Rows of one table are sealed and written in order, so waiting for a table's row count
+        to pass our row is enough; waiters queue per table in that order and only the ones
+        whose rows landed are woken.
         """
         marks: dict[str, int] = {}
         for message in messages:
             table, values = _values_for(message)
             await self._add(table, values)
             marks[table] = self._added_per_table[table]
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
         for table, mark in marks.items():
-            while self._written_per_table.get(table, 0) < mark:
-                self._check_worker()
-                if self._closing and self._worker is not None and self._worker.done():
-                    raise WriterClosed("store writer closed before the rows were written")
-                self._progress.clear()
-                await self._progress.wait()
+            if self._written_per_table.get(table, 0) >= mark:
+                continue
+            future: asyncio.Future[None] = loop.create_future()
+            self._durable_waiters.setdefault(table, deque()).append((mark, future))
+            waits.append(future)
+        if waits:
+            await asyncio.gather(*waits)
+
+    def _release_waiters(self, table: str) -> None:
+        waiters = self._durable_waiters.get(table)
+        written = self._written_per_table.get(table, 0)
+        while waiters and waiters[0][0] <= written:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_waiters(self) -> None:
+        for waiters in self._durable_waiters.values():
+            while waiters:
+                _, future = waiters.popleft()
+                if not future.done():
+                    future.set_exception(WriterClosed("store writer closed before the write"))
 
     async def flush(self) -> None:
         """Write everything added so far; waits as long as ClickHouse stays unavailable."""
@@ -630,6 +651,7 @@ class BatchWriter:
                 self._worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._worker
+        self._fail_waiters()
         lost = self._pending
         if lost:
             log.error(
@@ -686,6 +708,7 @@ class BatchWriter:
                 self._written_per_table[batch.table] = self._written_per_table.get(
                     batch.table, 0
                 ) + len(batch.rows)
+                self._release_waiters(batch.table)
                 self.rows_written += len(batch.rows)
                 self.batches_written += 1
                 self._progress.set()
