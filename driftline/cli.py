@@ -277,6 +277,32 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_processors_worker(args: argparse.Namespace) -> int:
+    from driftline.processors_runner import run_worker
+
+    settings = _settings(args)
+    run_worker(
+        settings.bootstrap,
+        settings.data / "processors",
+        partitions=args.partitions,
+        app_id=args.app_id,
+    )
+    return 0
+
+
+def _cmd_sink(args: argparse.Namespace) -> int:
+    from driftline.embedded import store_path
+    from driftline.sink import SinkOptions, serve
+
+    settings = _settings(args)
+    serve(
+        settings.bootstrap,
+        args.clickhouse or f"chdb://{store_path(settings.data).resolve()}",
+        SinkOptions(group_id=args.group),
+    )
+    return 0
+
+
 def _cmd_kafka(args: argparse.Namespace) -> int:
     from driftline import kafka_local
 
@@ -368,6 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--service", default=None)
     drift.set_defaults(func=_cmd_drift)
     endpoint.set_defaults(func=_cmd_endpoint)
+
+    processors = commands.add_parser("processors", help="drift processors on Kafka (Faust workers)")
+    processor_commands = processors.add_subparsers(
+        dest="processors_command", required=True, metavar="ACTION"
+    )
+    worker = processor_commands.add_parser(
+        "worker", help="run one worker; start several to share the partitions"
+    )
+    _add_setting_flags(worker, "--data", "--bootstrap")
+    worker.add_argument("--partitions", type=int, default=12, help="must match the input topics")
+    worker.add_argument("--app-id", default="driftline-processors")
+    worker.set_defaults(func=_cmd_processors_worker)
+
+    sink = commands.add_parser(
+        "sink", help="write Kafka snapshots, auth events and flags to ClickHouse"
+    )
+    _add_setting_flags(sink, "--data", "--bootstrap")
+    sink.add_argument(
+        "--clickhouse",
+        default=None,
+        help="DSN (default chdb://DATA/clickhouse; a server in production)",
+    )
+    sink.add_argument("--group", default="driftline-sink", help="Kafka consumer group")
+    sink.set_defaults(func=_cmd_sink)
 
     kafka = commands.add_parser("kafka", help="run a local single-node Kafka for development")
     kafka.add_argument("kafka_command", choices=["up", "down", "status"])

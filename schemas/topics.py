@@ -7,6 +7,8 @@ AUTH_EVENTS: Final = "driftline.auth-events"
 POLICY: Final = "driftline.policy"
 FLAGS: Final = "driftline.flags"
 ACTIONS: Final = "driftline.actions"
+# processors-internal, co-partitioned with the snapshots: "re-check this endpoint's state"
+REEVALUATE: Final = "driftline.reevaluate"
 
-ALL: Final = (SNAPSHOTS, AUTH_EVENTS, POLICY, FLAGS, ACTIONS)
+ALL: Final = (SNAPSHOTS, AUTH_EVENTS, POLICY, FLAGS, ACTIONS, REEVALUATE)
 COMPACTED: Final = frozenset({POLICY})

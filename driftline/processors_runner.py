@@ -1,0 +1,59 @@
+"""Run one processors worker (a Faust worker) in this process, for ``driftline processors worker``.
+
+Start as many as needed, on any machines, with the same ``app_id``: they share the partitions,
+and a survivor takes over a dead worker's partitions by replaying its changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from processors.faust_app import APP_ID, TopicNames, build, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(
+    bootstrap: str,
+    data_dir: Path,
+    *,
+    app_id: str = APP_ID,
+    partitions: int = 12,
+    topic_prefix: str = "",
+    replication_factor: int = 1,
+    loglevel: str = "info",
+    **options: Any,
+) -> None:
+    """Create missing topics, then run the worker until SIGINT/SIGTERM (exits the process).
+
+    ``options`` go to ``processors.faust_app.build`` (commit cadence, timeouts, …).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    names = TopicNames.with_prefix(topic_prefix)
+    # A fresh loop of our own: Faust and mode pick up the current loop when they are built.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(bootstrap, names, partitions, replication_factor))
+    processors = build(
+        bootstrap,
+        app_id=app_id,
+        data_dir=data_dir,
+        partitions=partitions,
+        topic_prefix=topic_prefix,
+        replication_factor=replication_factor,
+        **options,
+    )
+    log.info(
+        "processors worker %s: %s → %s, %d partitions",
+        app_id,
+        ", ".join(names.copartitioned),
+        names.flags,
+        partitions,
+    )
+    worker = faust.Worker(processors.app, loop=loop, loglevel=loglevel, override_logging=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,853 @@
+"""The processors as a Faust app: per-endpoint state in a changelog-backed table, flags out.
+
+One agent reads snapshots, auth events and re-evaluation requests as one co-partitioned stream
+(keys = endpoint_id), so each endpoint's events are handled in order by the one worker owning its
+partition, and table writes land in that partition's changelog. For each event it calls the pure
+``apply`` and sends the resulting DriftFlags to ``driftline.flags``.
+
+Delivery is at-least-once (DESIGN.md: Faust's exactly-once and GlobalTable are avoided):
+
+- A state is written to the table only after its flags are acknowledged by Kafka. A worker
+  killed at any point therefore leaves a changelog whose latest state never runs ahead of the
+  flags it implies; the new owner replays the uncommitted events on that state and re-emits at
+  most what may already have been sent. Flags are transitions with deterministic ids, so those
+  replays are duplicates of the same (flag_id, state), never new ones.
+- Any unexpected error crashes the worker instead of skipping the event; a restart replays from
+  the last commit. Only messages that can never be processed (undecodable, or whose key does not
+  name the endpoint in the value) are logged, counted and skipped.
+
+Offsets are ours, not Faust's. Faust 0.15 loses messages around rebalances (faust-streaming
+issues #216, #221, #606): records fetched just before a rebalance are dropped without rewinding
+the fetch position, and aiokafka's seek-to-committed skips partitions whose committed offset is
+missing or 0; records skipped as "old generation" are acknowledged unprocessed, and a gap in
+delivered offsets is acknowledged as a whole, so a commit can pass events nobody processed. (The
+kill test lost 24 and 425 of 2160 flags this way before the guard below.) So the inputs are
+declared with ``acks=False`` (Faust commits nothing for them) and the agent keeps, per partition,
+the next offset it must process: it starts at the group's committed offset (else the earliest),
+an event below it is a re-delivery and is skipped, one above it means records were dropped, and
+the partition is rewound to it. Exactly those offsets are committed, after a producer flush (so
+the changelog and flags of every committed event are in Kafka), periodically and when partitions
+are revoked. A table write of an event from a previous consumer generation, or during a
+rebalance, is refused, so a worker losing a partition mid-event cannot overwrite its new owner's
+state; the event is processed again from the last commit.
+
+Ordering holds per input topic: on a replay, snapshots and auth events of one endpoint may
+interleave differently than the first time. Flags stay transitions (detectors ignore events older
+than the state), but which of two near-simultaneous events "wins" can differ after a takeover.
+
+Policy: every worker reads the whole compacted policy topic with its own group-less consumer
+into memory, and waits for it before processing anything. A table value remembers the
+fingerprint of the policy its state was last evaluated under; when a tenant's policy changes,
+or partitions were taken over (the previous owner may have died mid-sweep), the worker sends a
+re-evaluation request for every local endpoint whose fingerprint is not the current one. The
+request travels through the co-partitioned ``driftline.reevaluate`` topic, so the re-evaluation
+runs in stream context like any event. It carries the policy record's timestamp as the
+effective time, so a replayed request yields the same flag ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+from pydantic import ValidationError
+
+from processors import codec
+from processors.detectors import apply, reevaluate
+from processors.state import EndpointState
+from schemas import topics
+from schemas.messages import AuthEvent, DriftFlag, EndpointSnapshot
+from schemas.policy import TenantPolicy
+
+log = logging.getLogger(__name__)
+
+APP_ID: Final = "driftline-processors"
+REEVALUATE: Final = "driftline.reevaluate"
+TABLE: Final = "endpoint-state"
+_SWEEP_YIELD_EVERY: Final = 500  # keys between event-loop yields while sweeping a big table
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The topics one deployment uses; a prefix gives tests (or environments) their own set."""
+
+    snapshots: str = topics.SNAPSHOTS
+    auth_events: str = topics.AUTH_EVENTS
+    policy: str = topics.POLICY
+    flags: str = topics.FLAGS
+    reevaluate: str = REEVALUATE
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> TopicNames:
+        return cls(
+            snapshots=prefix + topics.SNAPSHOTS,
+            auth_events=prefix + topics.AUTH_EVENTS,
+            policy=prefix + topics.POLICY,
+            flags=prefix + topics.FLAGS,
+            reevaluate=prefix + REEVALUATE,
+        )
+
+    @property
+    def copartitioned(self) -> tuple[str, str, str]:
+        """The agent's inputs: they must have the table's partition count."""
+        return (self.snapshots, self.auth_events, self.reevaluate)
+
+
+# ------------------------------------------------------------------------------------- policy
+
+
+def fingerprint(policy: TenantPolicy) -> str:
+    """Identity of a policy's content; stored with each state (8 bytes: collisions don't matter
+    in practice, and one would only delay a re-evaluation until the next change)."""
+    return hashlib.blake2b(policy.to_json(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEntry:
+    """A tenant's current policy; ``at`` is its record's timestamp (None: never published)."""
+
+    policy: TenantPolicy
+    fingerprint: str
+    at: datetime | None
+
+
+class Policies:
+    """tenant → current policy, as read from the policy topic; default policy for the rest."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, PolicyEntry] = {}
+        self._defaults: dict[str, PolicyEntry] = {}
+        self.ready = asyncio.Event()  # set once the topic was read up to its end at start-up
+
+    def get(self, tenant: str) -> PolicyEntry:
+        entry = self._entries.get(tenant)
+        if entry is not None:
+            return entry
+        default = self._defaults.get(tenant)
+        if default is None:
+            policy = TenantPolicy.default(tenant)
+            default = self._defaults[tenant] = PolicyEntry(policy, fingerprint(policy), None)
+        return default
+
+    def update(self, tenant: str, policy: TenantPolicy | None, at: datetime) -> bool:
+        """Install ``policy`` (None: the tenant's record was deleted); True if it changed.
+
+        The latest record wins even with a lower version: every worker reads the same log in
+        the same order, so they agree, which matters more than refusing a rollback.
+        """
+        new = policy if policy is not None else TenantPolicy.default(tenant)
+        current = self.get(tenant)
+        key = fingerprint(new)
+        if key == current.fingerprint:
+            return False
+        if new.version < current.policy.version:
+            log.warning(
+                "policy of tenant %s went back from version %d to %d",
+                tenant,
+                current.policy.version,
+                new.version,
+            )
+        self._entries[tenant] = PolicyEntry(new, key, at)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# ------------------------------------------------------------------------------ re-evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class ReevaluateRequest:
+    """Re-check one endpoint under the tenant policy fingerprinted ``policy``, effective ``at``."""
+
+    tenant_id: str
+    endpoint_id: str
+    policy: str
+    at: datetime
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "tenant_id": self.tenant_id,
+                "endpoint_id": self.endpoint_id,
+                "policy": self.policy,
+                "at": self.at.isoformat(),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ReevaluateRequest:
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("re-evaluation request is not an object")
+        at = datetime.fromisoformat(str(raw["at"]))
+        return cls(
+            tenant_id=str(raw["tenant_id"]),
+            endpoint_id=str(raw["endpoint_id"]),
+            policy=str(raw["policy"]),
+            at=at if at.tzinfo else at.replace(tzinfo=UTC),
+        )
+
+
+@dataclass(slots=True)
+class ProcessorStats:
+    """Counters of one worker, logged periodically; ``skipped`` are unprocessable messages."""
+
+    snapshots: int = 0
+    auth_events: int = 0
+    reevaluations: int = 0
+    flags: int = 0
+    skipped: int = 0
+    state_writes: int = 0
+    sweeps: int = 0
+    reevaluate_requests: int = 0
+    rewinds: int = 0  # partitions sent back over records Faust dropped
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Skip(ValueError):
+    """A message that can never be processed: logged, counted and acknowledged."""
+
+
+class Stale(Exception):
+    """The event's partition moved to another worker while it was being handled."""
+
+
+@dataclass(slots=True)
+class Offsets:
+    """Per input partition of the current consumer generation: the next offset to process."""
+
+    generation: int = -1
+    next: dict[Any, int] = field(default_factory=dict)
+    committed: dict[Any, int] = field(default_factory=dict)
+    rewound_to: dict[Any, int] = field(default_factory=dict)
+    moved_at: dict[Any, float] = field(default_factory=dict)
+
+    def reset(self, generation: int, starts: dict[Any, int]) -> None:
+        now = time.monotonic()
+        self.generation = generation
+        self.next = dict(starts)
+        self.committed = dict(starts)
+        self.rewound_to = {}
+        self.moved_at = dict.fromkeys(starts, now)
+
+
+# ---------------------------------------------------------------------------------- the app
+
+
+@dataclass
+class Processors:
+    """The Faust app and the parts tests and the runner look at."""
+
+    app: Any
+    bootstrap: str
+    names: TopicNames
+    partitions: int
+    table: Any
+    flags_topic: Any
+    reevaluate_topic: Any
+    policies: Policies = field(default_factory=Policies)
+    stats: ProcessorStats = field(default_factory=ProcessorStats)
+    _dirty: set[str] = field(default_factory=set)
+    _dirty_all: bool = False
+    commit_interval: float = 1.0
+    stall_after: float = 3.0
+    offsets: Offsets = field(default_factory=Offsets)
+    _commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _sweep_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    _partitioner: DefaultPartitioner = field(default_factory=DefaultPartitioner)
+
+    # -------------------------------------------------------------------------------- agent
+
+    async def process(self, stream: Any) -> None:
+        """The agent: one event at a time, so an endpoint's state changes in partition order."""
+        await self.policies.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            if not await self._admit(message):
+                continue
+            try:
+                await self.handle(message.topic, event.key, event.value, message.generation_id)
+            except Skip as reason:
+                self.stats.skipped += 1
+                log.warning(
+                    "skipped %s[%d]@%d: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    reason,
+                )
+            except Stale:
+                continue  # its new owner processes it again
+            except Exception as error:
+                # Kafka refusing our writes, or a bug: stop rather than pass an event whose
+                # flags may be lost; the restart replays from the last commit.
+                log.exception(
+                    "processing %s[%d]@%d failed", message.topic, message.partition, message.offset
+                )
+                await self.app.crash(error)
+                return
+            self._advance(message)
+
+    async def _admit(self, message: Any) -> bool:
+        """Whether ``message`` is the next one of its partition; rewinds over lost ones."""
+        offsets = self.offsets
+        expected = offsets.next.get(message.tp)
+        if (
+            expected is None
+            or message.generation_id != offsets.generation
+            or offsets.generation != self.app.consumer_generation_id
+        ):
+            return False  # a partition (or generation) this worker is not processing now
+        if message.offset < expected:
+            return False  # delivered again after a seek: already processed
+        if message.offset > expected:
+            if offsets.rewound_to.get(message.tp) == expected:
+                return False  # rewound already; the missing records are on their way
+            earliest = (await self.app.consumer.earliest_offsets(message.tp)).get(message.tp, 0)
+            if earliest > expected:  # deleted by retention before anyone processed them
+                log.error(
+                    "%s[%d]: offsets %d..%d expired unprocessed",
+                    message.topic,
+                    message.partition,
+                    expected,
+                    earliest - 1,
+                )
+                offsets.next[message.tp] = expected = earliest
+                if message.offset == expected:
+                    return True
+            log.warning(
+                "%s[%d]: got offset %d, expected %d: rewinding",
+                message.topic,
+                message.partition,
+                message.offset,
+                expected,
+            )
+            await self._rewind(message.tp, expected)
+            return False
+        return True
+
+    def _advance(self, message: Any) -> None:
+        offsets = self.offsets
+        if message.generation_id == offsets.generation:
+            offsets.next[message.tp] = message.offset + 1
+            offsets.moved_at[message.tp] = time.monotonic()
+            offsets.rewound_to.pop(message.tp, None)
+
+    async def _rewind(self, tp: Any, offset: int) -> None:
+        self.stats.rewinds += 1
+        self.offsets.rewound_to[tp] = offset
+        self.offsets.moved_at[tp] = time.monotonic()
+        consumer = self.app.consumer
+        await consumer.seek_wait({tp: offset})
+        # Faust drops fetched records below its "read offset"; seek_wait only resets it for
+        # offsets above 0 (private attribute, faust-streaming 0.15)
+        consumer._read_offset[tp] = offset if offset > 0 else None
+
+    async def handle(
+        self, topic: str, key: bytes | None, value: bytes | None, generation: int
+    ) -> None:
+        if not key or value is None:
+            raise Skip("no key or no value")
+        if topic == self.names.reevaluate:
+            await self._reevaluate(key, value, generation)
+            return
+        event: EndpointSnapshot | AuthEvent
+        try:
+            if topic == self.names.snapshots:
+                event = EndpointSnapshot.from_json(value)
+                self.stats.snapshots += 1
+            else:
+                event = AuthEvent.from_json(value)
+                self.stats.auth_events += 1
+        except ValidationError as error:
+            raise Skip(
+                f"undecodable: {error.error_count()} errors, first {_first(error)}"
+            ) from None
+        if event.tenant_id is None or event.endpoint_id is None:
+            return  # an AuthEvent no tenant or endpoint can be named for: nothing to track
+        if event.endpoint_id.encode() != key:
+            raise Skip(f"key {key!r} is not the endpoint {event.endpoint_id!r} of the value")
+        entry = self.policies.get(event.tenant_id)
+        stored = self._load(key)
+        old = stored.state if stored is not None else None
+        try:
+            state, flags = apply(old, event, entry.policy)
+        except ValueError as error:  # a state of another tenant under this key
+            raise Skip(str(error)) from None
+        await self._emit(key, flags)
+        if state is not None and state is not old:
+            self._store(key, state, entry.fingerprint, generation)
+
+    async def _reevaluate(self, key: bytes, value: bytes, generation: int) -> None:
+        try:
+            request = ReevaluateRequest.from_json(value)
+        except (ValueError, KeyError, TypeError) as error:
+            raise Skip(f"undecodable re-evaluation request: {error!r}") from None
+        entry = self.policies.get(request.tenant_id)
+        if request.policy != entry.fingerprint:
+            return  # made for a policy since replaced: the sweep for the current one follows
+        stored = self._load(key)
+        if stored is None or stored.policy == entry.fingerprint:
+            return  # unknown here, or already evaluated under this policy (replays end here)
+        if stored.state.tenant_id != request.tenant_id:
+            raise Skip(f"re-evaluation for tenant {request.tenant_id!r} of another's endpoint")
+        self.stats.reevaluations += 1
+        state, flags = reevaluate(stored.state, entry.policy, request.at)
+        await self._emit(key, flags)
+        self._store(key, state, entry.fingerprint, generation)
+
+    async def _emit(self, key: bytes, flags: list[DriftFlag]) -> None:
+        """Send flags and wait for their acks: the state that implies them is written after."""
+        if not flags:
+            return
+        pending = [await self.flags_topic.send(key=key, value=flag.to_json()) for flag in flags]
+        await asyncio.gather(*pending)
+        self.stats.flags += len(flags)
+
+    def _load(self, key: bytes) -> codec.Stored | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        try:
+            return codec.decode_stored(value)
+        except codec.CodecError:
+            # Only a bug writes these. Starting afresh re-raises open flags under new ids, but
+            # refusing would stop the endpoint for good.
+            log.exception("unreadable state of %r; starting afresh", key)
+            return None
+
+    def _store(self, key: bytes, state: EndpointState, policy: str, generation: int) -> None:
+        if generation != self.app.consumer_generation_id or self.app.rebalancing:
+            raise Stale  # a worker losing the partition must not write its changelog
+        self.table[key] = codec.encode(state, policy)
+        self.stats.state_writes += 1
+
+    # -------------------------------------------------------------------------------- policy
+
+    async def read_policies(self) -> None:
+        """Follow the whole policy topic for the worker's lifetime (no group, no commits)."""
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                client_id=f"{self.app.conf.id}-policy",
+            )
+            try:
+                await consumer.start()
+                await self._follow_policies(consumer)
+            except KafkaError as error:
+                log.warning("policy topic %s: %s; reading it again", self.names.policy, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                await consumer.stop()
+
+    async def _follow_policies(self, consumer: Any) -> None:
+        partitions = await _partitions_of(self.bootstrap, self.names.policy)
+        tps = [TopicPartition(self.names.policy, partition) for partition in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end: dict[Any, int] = await consumer.end_offsets(tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    self._on_policy_record(record)
+            if not self.policies.ready.is_set():
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(position >= end[tp] for position, tp in zip(positions, tps, strict=True)):
+                    log.info("policies loaded: %d tenants", len(self.policies))
+                    self.policies.ready.set()
+
+    def _on_policy_record(self, record: Any) -> None:
+        if record.key is None:
+            log.error("policy record without a tenant key at offset %d: ignored", record.offset)
+            return
+        tenant = record.key.decode(errors="replace")
+        policy: TenantPolicy | None = None
+        if record.value is not None:
+            try:
+                policy = TenantPolicy.from_json(record.value)
+            except ValidationError as error:
+                log.error("invalid policy of tenant %s ignored: %s", tenant, _first(error))
+                return
+            if policy.tenant != tenant:
+                log.error(
+                    "policy of tenant %r published under key %r: ignored", policy.tenant, tenant
+                )
+                return
+        at = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        if self.policies.update(tenant, policy, at):
+            log.info(
+                "tenant %s: policy version %d", tenant, self.policies.get(tenant).policy.version
+            )
+            self._dirty.add(tenant)
+            self._sweep_wanted.set()
+
+    # --------------------------------------------------------------------------------- sweep
+
+    async def on_recovered(self) -> None:
+        """After a rebalance: set where each partition resumes, and sweep (the previous owners
+        may not have finished theirs)."""
+        generation = self.app.consumer_generation_id
+        sources = set(self.names.copartitioned)
+        tps = {tp for tp in self.app.consumer.assignment() if tp.topic in sources}
+        try:
+            committed = await self._committed(tps)
+            missing = [tp for tp in tps if not committed.get(tp)]
+            earliest = await self.app.consumer.earliest_offsets(*missing) if missing else {}
+        except Exception as error:
+            log.exception("cannot read the committed offsets")
+            await self.app.crash(error)
+            return
+        starts = {tp: committed.get(tp) or earliest.get(tp) or 0 for tp in tps}
+        self.offsets.reset(generation, starts)
+        for tp in missing:  # aiokafka's seek-to-committed leaves these wherever they were
+            await self._rewind(tp, starts[tp])
+        if missing:
+            log.info("%d partitions without a committed offset start at the earliest", len(missing))
+        log.info("active partitions: %s", _ranges(self.active_partitions()))
+        self._dirty_all = True
+        self._sweep_wanted.set()
+
+    async def _committed(self, tps: set[Any]) -> dict[Any, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        if not tps:
+            return {}
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(
+                self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
+            )
+        finally:
+            await admin.close()
+        by_name = {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+        return {
+            tp: by_name[(tp.topic, tp.partition)]
+            for tp in tps
+            if by_name.get((tp.topic, tp.partition), -1) >= 0
+        }
+
+    async def on_revoked(self, *_: Any, **__: Any) -> None:
+        """Commit what this worker processed before its partitions move."""
+        await self.commit()
+
+    async def commit(self) -> None:
+        """Flush the producer, then commit the offsets after every event processed so far."""
+        async with self._commit_lock:
+            offsets = self.offsets
+            generation = offsets.generation
+            pending = {
+                tp: offset
+                for tp, offset in offsets.next.items()
+                if offsets.committed.get(tp) != offset
+            }
+            if not pending:
+                return
+            await self.app.producer.flush()  # flags and changelog of those events are in Kafka
+            if generation != self.app.consumer_generation_id or generation != offsets.generation:
+                return  # rebalanced meanwhile: the next owner starts from the last commit
+            # Faust's own commit call (private in faust-streaming 0.15): our offsets, its consumer
+            if await self.app.consumer._commit(pending):
+                offsets.committed.update(pending)
+
+    async def commit_forever(self) -> None:
+        """Commit periodically, and rewind partitions that stopped moving with records left
+        (Faust dropped records after which nothing arrived to reveal the gap)."""
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            await self.commit()
+            await self._unstall()
+
+    async def _unstall(self) -> None:
+        app, offsets = self.app, self.offsets
+        if app.rebalancing or offsets.generation != app.consumer_generation_id:
+            return
+        now = time.monotonic()
+        for tp, expected in list(offsets.next.items()):
+            end = _highwater(app.consumer, tp)
+            if end is None or end <= expected:
+                continue
+            if now - offsets.moved_at.get(tp, now) > self.stall_after:
+                log.warning("%s[%d] stalled at %d of %d: rewinding", *tp, expected, end)
+                await self._rewind(tp, expected)
+
+    def active_partitions(self) -> set[int]:
+        return {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.names.snapshots
+        }
+
+    def partition_of(self, key: bytes) -> int:
+        """Kafka's default (murmur2) partitioner, which ingest's producer uses too."""
+        every = list(range(self.partitions))
+        return int(self._partitioner(key, every, every))
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await self._sweep_wanted.wait()
+            await self.policies.ready.wait()
+            self._sweep_wanted.clear()
+            tenants = None if self._dirty_all else set(self._dirty)
+            self._dirty_all = False
+            self._dirty.clear()
+            await self.sweep(tenants)
+
+    async def sweep(self, tenants: set[str] | None) -> int:
+        """Request re-evaluation of local endpoints (of ``tenants``; None: all) whose state was
+        evaluated under another policy than the current one; returns how many."""
+        active = self.active_partitions()
+        sent = 0
+        for index, key in enumerate(list(self.table.keys())):
+            if index % _SWEEP_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+                active = self.active_partitions()
+            partition = self.partition_of(key)
+            if partition not in active:
+                continue  # memory stores keep keys of partitions taken away: not ours
+            value = self.table.get(key)
+            if value is None:
+                continue
+            try:
+                stored = codec.decode_stored(value)
+            except codec.CodecError:
+                continue
+            tenant = stored.state.tenant_id
+            if tenants is not None and tenant not in tenants:
+                continue
+            entry = self.policies.get(tenant)
+            if stored.policy == entry.fingerprint:
+                continue
+            request = ReevaluateRequest(
+                tenant, stored.state.endpoint_id, entry.fingerprint, entry.at or datetime.now(UTC)
+            )
+            await self.reevaluate_topic.send(key=key, value=request.to_json(), partition=partition)
+            sent += 1
+        self.stats.sweeps += 1
+        self.stats.reevaluate_requests += sent
+        if sent:
+            log.info("requested re-evaluation of %d endpoints", sent)
+        return sent
+
+    async def log_stats(self) -> None:
+        log.info("processor stats: %s", self.stats.as_dict())
+
+
+def build(
+    bootstrap: str,
+    *,
+    app_id: str = APP_ID,
+    data_dir: Path,
+    partitions: int = 12,
+    topic_prefix: str = "",
+    replication_factor: int = 1,
+    commit_interval: float = 1.0,
+    stall_after: float = 3.0,
+    session_timeout: float = 10.0,
+    heartbeat_interval: float = 1.0,
+    rebalance_timeout: float = 30.0,
+    stream_buffer_maxsize: int = 1024,
+    stats_interval: float = 30.0,
+) -> Processors:
+    """The processors app and its parts (see ``make_app``)."""
+    names = TopicNames.with_prefix(topic_prefix)
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()],
+        datadir=str(data_dir),
+        autodiscover=False,
+        store="memory://",  # the changelog is the store; a takeover replays it
+        processing_guarantee="at_least_once",
+        topic_partitions=partitions,
+        topic_replication_factor=replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=0,  # memory stores drop standby data after recovery anyway
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=commit_interval,  # Faust commits nothing of ours (acks=False)
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=heartbeat_interval,
+        broker_rebalance_timeout=rebalance_timeout,
+        stream_buffer_maxsize=stream_buffer_maxsize,
+        stream_wait_empty=True,
+        stream_ack_exceptions=False,
+        web_enabled=False,
+    )
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    source = app.topic(*names.copartitioned, partitions=partitions, acks=False, **raw)
+    table = app.Table(TABLE, partitions=partitions, key_type=bytes, value_type=bytes)  # raw
+    processors = Processors(
+        app=app,
+        bootstrap=bootstrap,
+        names=names,
+        partitions=partitions,
+        table=table,
+        flags_topic=app.topic(names.flags, **raw),
+        reevaluate_topic=app.topic(names.reevaluate, partitions=partitions, **raw),
+        commit_interval=commit_interval,
+        stall_after=stall_after,
+    )
+
+    # Faust decorates plain functions (venusian marks them), not bound methods.
+    async def process(stream: Any) -> None:
+        await processors.process(stream)
+
+    async def read_policies() -> None:
+        await processors.read_policies()
+
+    async def sweep_forever() -> None:
+        await processors.sweep_forever()
+
+    async def log_stats() -> None:
+        await processors.log_stats()
+
+    async def on_recovered() -> None:
+        await processors.on_recovered()
+
+    async def commit_forever() -> None:
+        await processors.commit_forever()
+
+    async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        await processors.on_revoked(*args, **kwargs)
+
+    async def on_shutdown(*args: Any, **kwargs: Any) -> None:
+        await processors.commit()  # a clean stop leaves nothing to replay
+
+    app.agent(source, name="driftline-processor")(process)
+    app.task(read_policies)
+    app.task(sweep_forever)
+    app.task(commit_forever)
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_before_shutdown.connect(on_shutdown)
+    app.timer(interval=stats_interval)(log_stats)
+    table.on_recover(on_recovered)
+    return processors
+
+
+def make_app(
+    bootstrap: str,
+    *,
+    app_id: str = APP_ID,
+    data_dir: Path,
+    partitions: int = 12,
+    **options: Any,
+) -> Any:
+    """The Faust app (``faust.App``); options as for ``build``. Workers with the same ``app_id``
+    share the partitions. Create the topics first (``ensure_topics``)."""
+    return build(bootstrap, app_id=app_id, data_dir=data_dir, partitions=partitions, **options).app
+
+
+# ------------------------------------------------------------------------------------ topics
+
+
+async def ensure_topics(
+    bootstrap: str, names: TopicNames, partitions: int, replication_factor: int = 1
+) -> None:
+    """Create missing topics; refuse to run on inputs whose partition count differs, because
+    co-partitioning (same key → same partition number in every input) is what keeps an
+    endpoint's events and state on one worker."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = (names.snapshots, names.auth_events, names.reevaluate, names.flags, names.policy)
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name,
+                partitions,
+                replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name == names.policy else {},
+            )
+            for name in wanted
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
+                await admin.create_topics(missing)
+        counts = await _partition_counts(admin, names.copartitioned)
+        wrong = {name: count for name, count in counts.items() if count != partitions}
+        if wrong:
+            raise ValueError(
+                f"topics {wrong} do not have {partitions} partitions: the processors need the "
+                "same partition count on every input (set --partitions to match)"
+            )
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts; a topic created a moment ago may show none for a while."""
+    for _ in range(50):
+        described = await admin.describe_topics(list(names))
+        counts = {topic["topic"]: len(topic["partitions"]) for topic in described}
+        if all(counts.values()):
+            break
+        await asyncio.sleep(0.1)
+    return counts
+
+
+async def _partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """A topic's partitions, waiting for it to exist (listing first: describing a missing topic
+    may auto-create it with the broker's defaults)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while topic not in await admin.list_topics():
+            log.info("waiting for topic %s", topic)
+            await asyncio.sleep(1.0)
+        [described] = await admin.describe_topics([topic])
+        return sorted(partition["partition"] for partition in described["partitions"])
+    finally:
+        await admin.close()
+
+
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    try:
+        return consumer.highwater(tp)  # type: ignore[no-any-return]
+    except KafkaError:  # IllegalStateError: not assigned any more
+        return None
+
+
+def _first(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    return f"{where}: {problem['msg']}"
+
+
+def _ranges(partitions: Iterable[int]) -> str:
+    return ",".join(str(partition) for partition in sorted(partitions)) or "none"
