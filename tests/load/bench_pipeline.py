@@ -138,6 +138,69 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
     }
 
 
+async def faust_throughput(count: int, endpoints: int, partitions: int = 12) -> float:
+    """Snapshots/s of one Faust worker draining a pre-produced backlog from the real broker.
+
+    Measured from the worker's first committed offset to the last, so start-up and the
+    group join are not counted.
+    """
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from processors.faust_app import TopicNames, ensure_topics
+    from tests.support.kafka import kafka_bootstrap
+
+    bootstrap = kafka_bootstrap()
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    names = TopicNames.with_prefix(prefix)
+    await ensure_topics(bootstrap, names, partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        max_batch_size=256 * 1024, compression_type="lz4",
+    )  # fmt: skip
+    await producer.start()
+    await producer.send_and_wait(names.policy, POLICY.to_json(), key=b"bench")
+    laptops = fleet(endpoints)
+    start = datetime.now(UTC)
+    for i in range(count):
+        item = snapshot(laptops[i % endpoints], start + timedelta(milliseconds=i))
+        await producer.send(names.snapshots, item.to_json(), key=item.endpoint_id.encode())
+    await producer.flush()
+    await producer.stop()
+    group = f"bench-{prefix}"
+    data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    with (data / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.faust_worker", "--bootstrap", bootstrap,
+             "--app-id", group, "--prefix", prefix, "--data", str(data),
+             "--partitions", str(partitions)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            first: tuple[float, int] | None = None
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                offsets = await admin.list_consumer_group_offsets(group)
+                done = sum(m.offset for tp, m in offsets.items() if tp.topic == names.snapshots)
+                if done and first is None:
+                    first = (time.monotonic(), done)
+                if done >= count:
+                    break
+            else:
+                raise RuntimeError("the worker did not drain the backlog in time")
+            assert first is not None
+            return (count - first[1]) / max(time.monotonic() - first[0], 1e-6)
+        finally:
+            await admin.close()
+            worker.terminate()
+            worker.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--snapshots", type=int, default=100_000)
@@ -146,15 +209,21 @@ def main() -> None:
     parser.add_argument("--state-endpoints", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--faust-snapshots", type=int, default=30_000)
     args = parser.parse_args()
-    print("bench-pipeline (embedded runner, one worker)")
+    print("bench-pipeline (one worker each)")
     throughput = asyncio.run(embedded_throughput(args.snapshots, args.endpoints, args.concurrency))
     print(
-        f"  throughput: {throughput:,.0f} snapshots/s "
+        f"  embedded: {throughput:,.0f} snapshots/s "
         f"({args.snapshots:,} snapshots over {args.endpoints:,} endpoints, durable in chDB)"
     )
     per_endpoint = state_bytes_per_endpoint(args.state_endpoints)
     print(f"  state: {per_endpoint:,.0f} bytes per endpoint at {args.state_endpoints:,} endpoints")
+    faust = asyncio.run(faust_throughput(args.faust_snapshots, 2_000))
+    print(
+        f"  Faust worker (Kafka): {faust:,.0f} snapshots/s draining "
+        f"{args.faust_snapshots:,} snapshots over 2,000 endpoints"
+    )
     latency = embedded_latency(args.rate, args.seconds)
     print(
         f"  telemetry → flag in ClickHouse at {latency['rate']:,.0f} exports/s over OTLP/HTTP: "
