@@ -16,7 +16,7 @@ import pytest
 
 from ingest.tokens import TokenStore
 from tests.support.otel import claude_resource, export_logs, export_metrics
-from tests.test_ingest_process import _free_port, _wait_ready
+from tests.support.processes import free_port, wait_ready
 
 POLICY = """
 tenant: acme
@@ -33,7 +33,7 @@ class Run:
 
     def __init__(self, data: Path) -> None:
         self.data = data
-        self.ports = {"grpc": _free_port(), "http": _free_port(), "admin": _free_port()}
+        self.ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -44,7 +44,7 @@ class Run:
              "--admin-port", str(self.ports["admin"])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-        _wait_ready(self.ports["admin"], self.process, timeout=60)
+        wait_ready(self.ports["admin"], self.process, timeout=60)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
         assert self.process is not None

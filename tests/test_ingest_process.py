@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,25 +17,7 @@ from driftline.bus import KafkaBus, KafkaOptions, MemoryBus
 from ingest import admin
 from ingest.tokens import TokenStore
 from tests.support.otel import claude_resource, export_logs, export_metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "receiver exited during start-up"
-        try:
-            if httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("receiver never became ready")
+from tests.support.processes import free_port, wait_ready
 
 
 @pytest.fixture
@@ -47,7 +27,7 @@ def token(tmp_path: Path) -> str:
 
 @pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
 def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, int]]:
-    ports = {"grpc": _free_port(), "http": _free_port(), "admin": _free_port()}
+    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
     process = subprocess.Popen(
         [sys.executable, "-m", "driftline.cli", "ingest", "--data", str(tmp_path),
          "--workers", str(request.param), "--grpc-port", str(ports["grpc"]),
@@ -55,7 +35,7 @@ def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        _wait_ready(ports["admin"], process)
+        wait_ready(ports["admin"], process)
         yield ports
     finally:
         process.send_signal(signal.SIGTERM)

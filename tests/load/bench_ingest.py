@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -24,13 +23,7 @@ from typing import Any
 
 from ingest.tokens import TokenStore
 from tests.load.fleet import fleet, metrics_export
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from tests.support.processes import free_port, wait_ready
 
 OTLPLOAD_SRC = Path(__file__).parent / "otlpload"
 OTLPLOAD_BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin" / "otlpload"
@@ -108,27 +101,12 @@ def _snapshots_total(admin_port: int) -> float:
     )
 
 
-def _wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("receiver exited during start-up")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("receiver not ready in time")
-
-
 def bench(
     bus: str, protocol: str, args: argparse.Namespace, generator: Path, payloads: Path
 ) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     _, token = TokenStore(data / "tokens.db").create("bench")
-    grpc_port, http_port, admin_port = _free_port(), _free_port(), _free_port()
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     command = [
         sys.executable, "-m", "driftline.cli", "ingest", "--bus", bus, "--data", str(data),
         "--workers", str(args.workers), "--grpc-port", str(grpc_port),
@@ -141,7 +119,7 @@ def bench(
     with (data / "receiver.log").open("wb") as log:
         receiver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(admin_port, receiver)
+            wait_ready(admin_port, receiver)
             before, began = _snapshots_total(admin_port), time.perf_counter()
             port = grpc_port if protocol == "grpc" else http_port
             saturated = run_load(

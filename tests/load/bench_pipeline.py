@@ -27,14 +27,13 @@ from processors.engine import DriftEngine
 from schemas import EndpointSnapshot, Signal, topics
 from schemas.policy import TenantPolicy, ToolPolicy
 from tests.load.bench_ingest import (
-    _free_port,
     _peak_rss_mib,
-    _wait_ready,
     build_generator,
     run_load,
     write_payloads,
 )
 from tests.load.fleet import Laptop, fleet
+from tests.support.processes import free_port, wait_ready
 
 POLICY = TenantPolicy(
     tenant="bench", version=1, tools={"claude-code": ToolPolicy(minimum_version="2.0.10")}
@@ -109,7 +108,7 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
     from driftline.policies import PolicyDirectory
 
     PolicyDirectory(data / "policies").put(POLICY.model_copy(update={"version": 0}))
-    ports = {"grpc": _free_port(), "http": _free_port(), "admin": _free_port()}
+    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
     command = [
         sys.executable, "-m", "driftline.cli", "run", "--data", str(data),
         "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
@@ -120,7 +119,7 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
     with (data / "run.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(ports["admin"], process)
+            wait_ready(ports["admin"], process)
             result = run_load(
                 build_generator(), payloads, "http", ports["http"], token, seconds,
                 rate=rate, connections=32,
