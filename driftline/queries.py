@@ -63,7 +63,7 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
     )
     rejections = query_dicts(
         client,
-        "SELECT reason, token_id, source, observed_at FROM auth_events "  # noqa: S608
+        "SELECT reason, token_id, source, observed_at FROM auth_events FINAL "  # noqa: S608
         f"WHERE {scope} ORDER BY observed_at DESC LIMIT 50",
         parameters,
     )

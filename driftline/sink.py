@@ -3,9 +3,8 @@
 One consumer group (``driftline-sink``; run more processes with the same group to share the
 partitions). Offsets are committed by hand and only after ``BatchWriter.flush`` has written every
 row fetched before them, so a crash or a ClickHouse outage costs a re-delivery, never a row.
-Re-delivered snapshots and flags collapse in ClickHouse (endpoint_states aggregates by state,
-drift_flags replaces by (flag_id, state)); auth_events has no identity to deduplicate on, so a
-re-delivery after a crash (not after a clean stop or rebalance) can repeat some of its rows.
+Re-delivered rows collapse in ClickHouse (endpoint_states aggregates by state, drift_flags
+replaces by (flag_id, state), auth_events by (tenant, endpoint, time, reason, source)).
 
 Memory stays bounded: ``getmany`` takes at most ``max_records`` at a time and ``BatchWriter.add``
 waits while ClickHouse is behind, so the sink stops fetching instead of growing. A message that

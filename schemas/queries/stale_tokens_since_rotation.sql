@@ -9,7 +9,7 @@ SELECT
     min(observed_at) AS first_rejected,
     max(observed_at) AS last_rejected,
     groupUniqArray(source) AS sources
-FROM auth_events
+FROM auth_events FINAL
 WHERE tenant_id = {tenant:String}
   AND reason IN ('retired', 'revoked')
   AND observed_at >= {since:DateTime64(3, 'UTC')}
