@@ -295,6 +295,15 @@ def test_endpoint_states_keep_changes_not_exports(client: Client) -> None:
     )
 
 
+def test_a_wrong_endpoint_clock_does_not_expire_its_state(client: Client) -> None:
+    """Retention counts from when we received a state, not from the time the laptop claims."""
+    years_ago = snapshot(0).model_copy(update={"observed_at": NOW - timedelta(days=800)})
+    insert(client, years_ago)
+    optimize(client, "endpoint_states")
+    [latest] = latest_endpoints(client, "acme")
+    assert latest["app_version"] == "2.0.1"
+
+
 def test_endpoints_latest_before_merge_and_with_values_gone(client: Client) -> None:
     """No OPTIMIZE: the view must fold unmerged parts itself, and a team that went away is NULL."""
     insert(

@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS endpoint_states
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (tenant_id, endpoint_id, state_hash)
-TTL toDateTime(last_seen) + INTERVAL {ttl_snapshots_days} DAY
+-- our clock, not the endpoint's: a laptop with a wrong clock (or replayed old data) must not
+-- have its state expire on insert
+TTL toDateTime(last_received) + INTERVAL {ttl_snapshots_days} DAY
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Latest state per endpoint. FINAL folds not-yet-merged parts; the tuple keeps argMax from
