@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actions.planner import NO_SERIAL, NOT_ENROLLED, action_id, normalize_serial, plan
+from driftline.store import TABLE_COLUMNS
 from schemas.messages import DriftFlag, FlagKind, FlagState, Message
 from schemas.remediation import (
     ActionKind,
@@ -410,16 +411,7 @@ def test_models_are_strict_and_frozen() -> None:
 
 
 def test_compliance_record_fields_match_the_store_columns() -> None:
-    assert list(ComplianceRecord.model_fields) == [
-        "tenant_id",
-        "vendor",
-        "device_id",
-        "serial_number",
-        "status",
-        "reason",
-        "reported_at",
-        "imported_at",
-    ]
+    assert tuple(ComplianceRecord.model_fields) == TABLE_COLUMNS["compliance_records"]
 
 
 def test_naive_timestamps_read_as_utc() -> None:
