@@ -106,7 +106,10 @@ def _compile(template: str) -> re.Pattern[str]:
     pattern = _patterns.get(template)
     if pattern is None:
         parts = re.split(r"(\{[^/{}]+\})", template)
-        regex = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+        # A parameter is one plain segment: not "." or ".." (clients and servers resolve those,
+        # turning an allowed path into another), and no "%" (an encoded "/" or dot segment).
+        segment = r"(?!\.\.?(?:/|$))[^/%?#]+"
+        regex = "".join(segment if p.startswith("{") else re.escape(p) for p in parts)
         pattern = _patterns[template] = re.compile(regex)
     return pattern
 
@@ -206,12 +209,20 @@ class ClientCredentials:
     scope: str | None = None
     refresh_margin: float = 0.1
     clock: Clock = time.monotonic
-    _cache: dict[tuple[str | None, str], tuple[str, float]] = field(default_factory=dict)
+    _cache: dict[tuple[str | None, str], tuple[str, float]] = field(
+        default_factory=dict, repr=False
+    )
+    _locks: dict[tuple[str | None, str], asyncio.Lock] = field(default_factory=dict, repr=False)
 
     def _key(self, credential: Credential) -> tuple[str | None, str]:
         return (credential.client_id, credential.created_at.isoformat())
 
     async def header(self, http: httpx.AsyncClient, credential: Credential) -> str:
+        lock = self._locks.setdefault(self._key(credential), asyncio.Lock())
+        async with lock:  # concurrent first calls share one token request
+            return await self._header(http, credential)
+
+    async def _header(self, http: httpx.AsyncClient, credential: Credential) -> str:
         cached = self._cache.get(self._key(credential))
         if cached and self.clock() < cached[1]:
             return f"Bearer {cached[0]}"
@@ -227,8 +238,17 @@ class ClientCredentials:
             response = await http.post(self.token_url, data=form)
         except httpx.HTTPError as exc:
             raise Unavailable(f"{request}: {type(exc).__name__}", request=request) from None
+        if response.status_code == 429:
+            raise Throttled(
+                f"{request} -> 429",
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                status=429,
+                request=request,
+            )
         if response.status_code >= 500:
-            raise Unavailable(f"{request} -> {response.status_code}", status=response.status_code)
+            raise Unavailable(
+                f"{request} -> {response.status_code}", status=response.status_code, request=request
+            )
         if response.status_code != 200:
             raise AuthFailed(
                 f"{request} -> {response.status_code}: token refused",
@@ -260,10 +280,11 @@ class RateLimit:
         self.requests, self.per = requests, per
         self._clock, self._sleep = clock, sleep
         self._sent: list[float] = []
-        self._lock = asyncio.Lock()
+        self._locks: dict[int, asyncio.Lock] = {}  # per event loop: limiters outlive loops
 
     async def acquire(self) -> None:
-        async with self._lock:
+        lock = self._locks.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
+        async with lock:
             while True:
                 now = self._clock()
                 self._sent = [t for t in self._sent if t > now - self.per]
@@ -466,10 +487,15 @@ class Session:
         while True:
             attempt += 1
             await self._take_rate(method)
-            headers = {
-                **extra_headers,
-                "Authorization": await self.auth.header(self._http, credential),
-            }
+            try:
+                authorization = await self.auth.header(self._http, credential)
+            except (Unavailable, Throttled) as error:  # the token endpoint: same retry rules
+                if attempt >= self.retry.attempts:
+                    raise
+                wait = error.retry_after if isinstance(error, Throttled) else None
+                await self._sleep(wait if wait is not None else self._backoff(attempt))
+                continue
+            headers = {**extra_headers, "Authorization": authorization}
             try:
                 async with self._concurrency:
                     response = await self._http.request(method, url, headers=headers, **kwargs)
@@ -479,8 +505,10 @@ class Session:
                 await self._sleep(self._backoff(attempt))
                 continue
             status = response.status_code
-            if status < 400:
+            if status < 300:
                 return response
+            if status < 400:  # never followed: a redirect means a wrong base URL, not success
+                raise Rejected(f"{audit} -> {status} (redirect)", status=status, request=audit)
             if status == 401:
                 if not refreshed:  # an expired or revoked cached token: fetch a new one once
                     refreshed = True

@@ -241,6 +241,8 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
+    if args.remediation:
+        return _remediation(args)
     rows = _query(args, "drift", {"kind": args.kind, "team": args.team, "service": args.service})
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
@@ -256,6 +258,22 @@ def _cmd_drift(args: argparse.Namespace) -> int:
             "first_seen",
         ]
         _print_table(rows, columns)
+    return 0
+
+
+def _remediation(args: argparse.Namespace) -> int:
+    if not args.all_tenants and not args.tenant:
+        raise ValueError("name a tenant with --tenant (or --all-tenants, for administrators)")
+    rows = _operate(
+        args,
+        "remediation",
+        {"tenant": None if args.all_tenants else args.tenant, "stuck_after": args.stuck_after},
+    )
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
+    _print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
     return 0
 
 
@@ -291,14 +309,14 @@ def _cmd_processors_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from driftline.embedded import store_path
+    from driftline.embedded import dead_letter_path, store_path
     from driftline.sink import SinkOptions, serve
 
     settings = _settings(args)
     serve(
         settings.bootstrap,
         args.clickhouse or f"chdb://{store_path(settings.data).resolve()}",
-        SinkOptions(group_id=args.group),
+        SinkOptions(group_id=args.group, dead_letter=dead_letter_path(settings.data)),
     )
     return 0
 
@@ -312,6 +330,190 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     if args.kafka_data is not None:
         argv += ["--data", str(args.kafka_data)]
     return kafka_local.main(argv)
+
+
+# --- remediation: MDM integrations, actions, policy push -------------------------------------
+
+
+def _operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
+    """Run a store-backed operation here, or in the `driftline run` that holds the store."""
+    import asyncio
+
+    from driftline import embedded, operations
+
+    settings = _settings(args)
+    running = embedded.run_file(settings.data)
+    clickhouse = getattr(args, "clickhouse", None)
+    if clickhouse is None and running.exists():
+        import httpx
+
+        base = json.loads(running.read_text())["admin"]
+        response = httpx.post(f"{base}/api/operations/{name}", json=params, timeout=600)
+        if response.status_code == 400:
+            raise ValueError(response.json()["error"])
+        response.raise_for_status()
+        return response.json()
+    dsn = clickhouse or f"chdb://{embedded.store_path(settings.data).resolve()}"
+    return asyncio.run(
+        operations.run_local(dsn, settings.data, settings.integrations_file, name, params)
+    )
+
+
+def _integrations(args: argparse.Namespace) -> Any:
+    from actions.integrations import IntegrationStore
+
+    return IntegrationStore(_settings(args).integrations_file)
+
+
+def _cmd_mdm_connect(args: argparse.Namespace) -> int:
+    from actions.mdm import Integration
+    from schemas.remediation import Vendor
+
+    integration = _integrations(args).configure(
+        Integration(
+            tenant_id=args.tenant,
+            vendor=Vendor(args.vendor),
+            base_url=args.base_url.rstrip("/"),
+            token_url=args.token_url,
+            force_sync=args.force_sync,
+            profile_id=args.profile_id,
+            blueprint_id=args.blueprint_id,
+        )
+    )
+    state = "with a credential" if integration.current else "push-only until `credentials set`"
+    print(f"{integration.vendor.value} integration of tenant {integration.tenant_id}: {state}")
+    return 0
+
+
+def _cmd_mdm_credentials_set(args: argparse.Namespace) -> int:
+    """The secret comes from a file or stdin, never argv (argv is visible to every user)."""
+    from datetime import UTC, datetime
+
+    from schemas.remediation import Vendor
+
+    if args.secret_file is not None:
+        secret = Path(args.secret_file).read_text(encoding="utf-8")
+    else:
+        if sys.stdin.isatty():
+            print("secret (then Enter, Ctrl-D): ", end="", file=sys.stderr, flush=True)
+        secret = sys.stdin.read()
+    updated = _integrations(args).set_credential(
+        args.tenant,
+        Vendor(args.vendor),
+        secret,
+        datetime.now(UTC),
+        client_id=args.client_id,
+        grace=parse_duration(args.grace),
+    )
+    note = (
+        f"; the previous one works until {updated.grace_until:%Y-%m-%d %H:%M}Z"
+        if (updated.previous and updated.grace_until)
+        else ""
+    )
+    print(f"credential set for {args.vendor} of tenant {args.tenant}{note}")
+    return 0
+
+
+def _cmd_mdm_credentials_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    rows = [
+        {
+            "tenant_id": r.tenant_id,
+            "vendor": r.vendor.value,
+            "client_id": r.client_id,
+            "set_at": r.set_at,
+            "rotation_due": r.due_at,
+            "state": r.state,
+            "previous_until": r.previous_until,
+        }
+        for r in _integrations(args).status(datetime.now(UTC))
+    ]
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    else:
+        _print_table(
+            rows,
+            [
+                "tenant_id",
+                "vendor",
+                "client_id",
+                "state",
+                "set_at",
+                "rotation_due",
+                "previous_until",
+            ],
+        )
+    return 0
+
+
+def _cmd_mdm_import(args: argparse.Namespace) -> int:
+    text = Path(args.file).read_text(encoding="utf-8-sig")
+    result = _operate(
+        args, "mdm-import", {"tenant": args.tenant, "vendor": args.vendor, "csv": text}
+    )
+    print(f"imported {result['imported']} {args.vendor} compliance records for {args.tenant}")
+    return 0
+
+
+def _cmd_mdm_pull(args: argparse.Namespace) -> int:
+    result = _operate(args, "mdm-pull", {"tenant": args.tenant})
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_actions_run(args: argparse.Namespace) -> int:
+    result = _operate(
+        args,
+        "actions-run",
+        {
+            "tenant": args.tenant,
+            "live": args.live,
+            "max_devices": args.max_devices,
+            "cooldown": args.cooldown,
+        },
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    mode = "DRY RUN (nothing sent; --live to act)" if result["dry_run"] else "LIVE"
+    print(f"remediation for {result['tenant']}: {mode}")
+    final = {}
+    for step in result["steps"]:
+        final[step["action_id"]] = step
+    _print_table(
+        list(final.values()),
+        ["vendor", "device_id", "serial_number", "endpoint_id", "state", "reason", "detail"],
+    )
+    if result["unresolvable"]:
+        print("\nendpoints with drift but no single MDM device (not acted on):")
+        _print_table(result["unresolvable"], ["endpoint_id", "serial_number", "why"])
+    print("\n" + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    return 1 if result["counts"]["failed"] else 0
+
+
+def _cmd_actions_switch(args: argparse.Namespace) -> int:
+    switch = _settings(args).data / "actions.disabled"
+    if args.actions_command == "stop":
+        switch.parent.mkdir(parents=True, exist_ok=True)
+        switch.write_text("remediation stopped by `driftline actions stop`\n")
+        print(f"kill switch engaged ({switch}): no MDM action will be sent")
+    else:
+        switch.unlink(missing_ok=True)
+        print("kill switch released: live runs may act again")
+    return 0
+
+
+def _cmd_policy_push(args: argparse.Namespace) -> int:
+    result = _operate(
+        args,
+        "policy-push",
+        {"tenant": args.tenant, "live": args.live, "force_sync": args.force_sync},
+    )
+    _print_table(
+        result["entries"], ["vendor", "policy_version", "outcome", "detail", "payload_file"]
+    )
+    return 1 if any(e["outcome"] == "failed" for e in result["entries"]) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
     policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
     policy_show.add_argument("--tenant", required=True)
     policy_show.set_defaults(func=_cmd_policy_show)
+    push = policy_commands.add_parser(
+        "push", help="render the tenant's managed settings into its MDM profiles and update them"
+    )
+    push.add_argument("--tenant", required=True)
+    push.add_argument("--live", action="store_true", help="update the profiles (else dry-run)")
+    push.add_argument("--force-sync", action="store_true", help="then force-sync known devices")
+    push.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    push.set_defaults(func=_cmd_policy_push)
+    _add_setting_flags(push, "--data")
     for sub in (policy_set, policy_show):
         _add_setting_flags(sub, "--data", "--tokens", "--bus", "--bootstrap")
 
@@ -392,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--kind", choices=["outdated_client", "missing_policy", "stale_token"])
     drift.add_argument("--team", default=None)
     drift.add_argument("--service", default=None)
+    drift.add_argument(
+        "--remediation",
+        action="store_true",
+        help="force-synced devices instead: pending, remediated (time to remediate) or stuck",
+    )
+    drift.add_argument("--stuck-after", default="24h", help="with --remediation (default 24h)")
     drift.set_defaults(func=_cmd_drift)
     endpoint.set_defaults(func=_cmd_endpoint)
 
@@ -418,6 +635,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sink.add_argument("--group", default="driftline-sink", help="Kafka consumer group")
     sink.set_defaults(func=_cmd_sink)
+
+    mdm = commands.add_parser("mdm", help="MDM integrations, credentials and compliance reports")
+    mdm_commands = mdm.add_subparsers(dest="mdm_command", required=True, metavar="ACTION")
+    vendors = ["jamf", "intune", "iru"]
+    connect = mdm_commands.add_parser(
+        "connect", help="add or change a tenant's MDM integration (credentials kept)"
+    )
+    connect.add_argument("--tenant", required=True)
+    connect.add_argument("--vendor", required=True, choices=vendors)
+    connect.add_argument("--base-url", required=True, help="the MDM's API root")
+    connect.add_argument("--token-url", default=None, help="Intune: the Entra token endpoint")
+    connect.add_argument(
+        "--force-sync", action="store_true", help="the customer granted the force-sync privilege"
+    )
+    connect.add_argument("--profile-id", default=None, help="the Claude Code profile's MDM id")
+    connect.add_argument("--blueprint-id", default=None, help="Iru: blueprint of the profile")
+    connect.set_defaults(func=_cmd_mdm_connect)
+    credentials = mdm_commands.add_parser("credentials", help="set and check MDM credentials")
+    credential_commands = credentials.add_subparsers(
+        dest="credentials_command", required=True, metavar="ACTION"
+    )
+    cred_set = credential_commands.add_parser(
+        "set", help="install a credential (secret from --secret-file or stdin, never argv)"
+    )
+    cred_set.add_argument("--tenant", required=True)
+    cred_set.add_argument("--vendor", required=True, choices=vendors)
+    cred_set.add_argument("--client-id", default=None, help="Jamf/Intune OAuth client id")
+    cred_set.add_argument("--secret-file", default=None, help="read the secret from this file")
+    cred_set.add_argument("--grace", default="7d", help="how long the replaced one still works")
+    cred_set.set_defaults(func=_cmd_mdm_credentials_set)
+    cred_status = credential_commands.add_parser(
+        "status", help="credentials and rotation due dates (90 days, warning 14 days ahead)"
+    )
+    cred_status.add_argument("--json", action="store_true")
+    cred_status.set_defaults(func=_cmd_mdm_credentials_status)
+    mdm_import = mdm_commands.add_parser("import", help="import a compliance CSV export")
+    mdm_import.add_argument("file", type=Path)
+    mdm_import.add_argument("--vendor", required=True, choices=vendors)
+    mdm_import.add_argument("--tenant", required=True)
+    mdm_import.set_defaults(func=_cmd_mdm_import)
+    pull = mdm_commands.add_parser("pull", help="import compliance through each MDM's API")
+    pull.add_argument("--tenant", required=True)
+    pull.set_defaults(func=_cmd_mdm_pull)
+    for sub in (connect, cred_set, cred_status, mdm_import, pull):
+        _add_setting_flags(sub, "--data")
+    for sub in (mdm_import, pull):
+        sub.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+
+    actions = commands.add_parser("actions", help="remediation: plan, act, stop")
+    action_commands = actions.add_subparsers(
+        dest="actions_command", required=True, metavar="ACTION"
+    )
+    actions_run = action_commands.add_parser(
+        "run", help="plan force-syncs for a tenant and audit them (dry-run unless --live)"
+    )
+    actions_run.add_argument("--tenant", required=True)
+    actions_run.add_argument("--live", action="store_true", help="send to the MDMs")
+    actions_run.add_argument("--max-devices", type=int, default=100, help="cap per run")
+    actions_run.add_argument("--cooldown", default="1h", help="per-device quiet time")
+    actions_run.add_argument("--json", action="store_true")
+    actions_run.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    actions_run.set_defaults(func=_cmd_actions_run)
+    stop = action_commands.add_parser("stop", help="kill switch: no MDM action is sent")
+    resume = action_commands.add_parser("resume", help="release the kill switch")
+    for sub in (stop, resume):
+        sub.set_defaults(func=_cmd_actions_switch)
+    for sub in (actions_run, stop, resume):
+        _add_setting_flags(sub, "--data")
 
     kafka = commands.add_parser("kafka", help="run a local single-node Kafka for development")
     kafka.add_argument("kafka_command", choices=["up", "down", "status"])

@@ -19,7 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from driftline import queries, store
+from actions.integrations import IntegrationStore
+from driftline import operations, queries, store
 from driftline.bus import MemoryBus, Record
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
 from driftline.policies import PolicyDirectory
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 
 def store_path(data: Path) -> Path:
     return data / "clickhouse"
+
+
+def dead_letter_path(data: Path) -> Path:
+    """Rows ClickHouse refused for their values, one JSON object a line (see BatchWriter)."""
+    return data / "dead-letter.jsonl"
 
 
 def run_file(data: Path) -> Path:
@@ -113,6 +119,21 @@ def query_routes(client: Any) -> list[web.RouteDef]:
     return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
 
 
+def operation_routes(ctx: operations.Context) -> list[web.RouteDef]:
+    """`driftline actions/mdm/policy push …` run here while this process holds the store."""
+
+    async def operate(request: web.Request) -> web.Response:
+        try:
+            result = await operations.run_operation(
+                ctx, request.match_info["name"], await request.json()
+            )
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+        return web.json_response(result, dumps=_dumps)
+
+    return [web.post("/api/operations/{name}", operate)]
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
@@ -125,7 +146,7 @@ async def run(settings: Settings) -> None:
         log.info("store migrated to version %d", applied[-1])
     engine = DriftEngine(load_states(client))
     log.info("recovered %d endpoint states from %s", len(engine.states), store_path(data))
-    writer = store.BatchWriter(client, max_delay=0.05)
+    writer = store.BatchWriter(client, max_delay=0.05, dead_letter=dead_letter_path(data))
     bus = MemoryBus(keep=1000)
     pipeline = Pipeline(engine, writer, bus)
     directory = PolicyDirectory(data / "policies")
@@ -137,6 +158,25 @@ async def run(settings: Settings) -> None:
     await receiver.start()
     app = admin.build_app(service.ready)
     app.add_routes(query_routes(client))
+    ctx = operations.Context(
+        store=client,
+        writer=writer,
+        data=data,
+        integrations=IntegrationStore(settings.integrations_file),
+        policies=directory.get,
+        bus=bus,
+    )
+    app.add_routes(operation_routes(ctx))
+    wake = asyncio.Event()
+
+    async def on_flag(record: Record) -> None:
+        if record.topic == topics.FLAGS:
+            wake.set()
+
+    bus.subscribe(on_flag)
+    remediation = asyncio.create_task(
+        operations.remediate_forever(ctx, settings.actions_live, settings.actions_interval, wake)
+    )
     admin_runner = await start_admin(settings, app)
     run_file(data).write_text(
         json.dumps({"pid": os.getpid(), "admin": f"http://{settings.host}:{settings.admin_port}"})
@@ -145,9 +185,10 @@ async def run(settings: Settings) -> None:
         await until_signalled()
     finally:
         run_file(data).unlink(missing_ok=True)
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, remediation):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await receiver.stop()
         await admin_runner.cleanup()
         await writer.close()

@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     tokens: Path | None = None  # default: <data>/tokens.db
     token_memory: str = "30d"  # how long retired/revoked tokens are still recognised
 
+    # actions (remediation)
+    integrations: Path | None = None  # default: <data>/mdm/integrations.json (0600, secrets)
+    actions_live: bool = (
+        False  # `driftline run` acts only when this is set (and integrations allow)
+    )
+    actions_interval: float = 60.0  # seconds between remediation passes (sooner on new drift)
+
+    @property
+    def integrations_file(self) -> Path:
+        return self.integrations or self.data / "mdm" / "integrations.json"
+
     @property
     def token_registry(self) -> Path:
         return self.tokens or self.data / "tokens.db"

@@ -26,13 +26,15 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import struct
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -41,8 +43,10 @@ from typing import Any, Final, Self
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from schemas import AuthEvent, DriftFlag, EndpointSnapshot
+from schemas.remediation import AuditRecord, ComplianceRecord
 
 log = logging.getLogger(__name__)
 
@@ -271,17 +275,29 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "endpoint_id",
             "serial_number",
             "vendor",
+            "device_id",
             "action",
             "reason",
+            "detail",
             "dry_run",
             "request",
             "response_status",
             "at",
         ),
+        "policy_changelog": (
+            "tenant_id",
+            "vendor",
+            "policy_version",
+            "digest",
+            "outcome",
+            "detail",
+            "payload_file",
+            "at",
+        ),
     }
 )
 
-StoreMessage = EndpointSnapshot | AuthEvent | DriftFlag
+StoreMessage = EndpointSnapshot | AuthEvent | DriftFlag | ComplianceRecord | AuditRecord
 
 
 def state_hash(snapshot: EndpointSnapshot) -> int:
@@ -344,6 +360,12 @@ def _values_for(message: StoreMessage) -> tuple[str, list[Any]]:
             message.last_seen,
             message.policy_version,
         ]
+    if isinstance(message, ComplianceRecord | AuditRecord):
+        table = (
+            "compliance_records" if isinstance(message, ComplianceRecord) else "remediation_audit"
+        )
+        fields = message.model_dump()
+        return table, [fields[column] for column in TABLE_COLUMNS[table]]
     raise TypeError(f"no table stores {type(message).__name__}")
 
 
@@ -459,10 +481,14 @@ class BatchWriter:
     old. Memory is bounded: once ``max_pending_rows`` are buffered or in flight, ``add`` waits,
     which passes ClickHouse's pace back to the consumer (a Kafka sink stops fetching instead of
     growing). Inserts run in a thread, one at a time, each batch with its own deduplication
-    token. A failed batch is kept and retried with exponential backoff until it lands or
-    ``close`` gives up, so nothing is dropped silently: ``retries`` and ``last_error`` show a
-    writer that is stuck. ``flush`` returns once everything added before it is written (call it
-    before committing consumer offsets).
+    token. A batch that fails because the store is unavailable is kept and retried with
+    exponential backoff until it lands or ``close`` gives up: ``retries`` and ``last_error`` show
+    a writer that is stuck. A batch refused for its *data* would fail the same way forever and
+    hold up every later row, so it is bisected instead: the good rows are written, each row
+    ClickHouse can never take is logged at ERROR, appended to the ``dead_letter`` JSON-lines
+    file (when given) and counted in ``rows_rejected``. Nothing is dropped silently. ``flush``
+    returns once everything added before it is written or dead-lettered (call it before
+    committing consumer offsets).
 
     ``client`` may be a client or a factory; a factory is called in the worker (and retried) so
     the writer can start while ClickHouse is still down, and the client it made is closed with
@@ -479,6 +505,7 @@ class BatchWriter:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         close_timeout: float = 10.0,
+        dead_letter: Path | None = None,
     ) -> None:
         if not 0 < max_rows <= max_pending_rows:
             raise ValueError("need 0 < max_rows <= max_pending_rows")
@@ -494,9 +521,11 @@ class BatchWriter:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.close_timeout = close_timeout
+        self.dead_letter = dead_letter
 
         self.rows_added = 0
         self.rows_written = 0
+        self.rows_rejected = 0  # refused for their data: logged and dead-lettered
         self.batches_written = 0
         self.retries = 0
         self.last_error: BaseException | None = None
@@ -557,8 +586,8 @@ class BatchWriter:
     async def add_row(self, table: str, row: Mapping[str, Any]) -> None:
         """A row for a table without a bus message (compliance_records, remediation_audit).
 
-        Values must already have the column types (aware datetimes, ints, bools): a value the
-        client cannot encode fails its whole batch on every retry.
+        Values must already have the column types (aware datetimes, ints, bools): a row with a
+        value ClickHouse cannot take is rejected (dead-lettered), not written.
         """
         await self._add(table, _values_of_row(table, row))
 
@@ -589,7 +618,8 @@ class BatchWriter:
         Concurrent callers share batches, so ``max_delay`` bounds the wait and the insert rate.
         Rows of one table are sealed and written in order, so waiting for a table's row count
         to pass our row is enough; waiters queue per table in that order and only the ones
-        whose rows landed are woken.
+        whose rows landed are woken. A rejected row counts as done: it is in the dead-letter
+        file, and waiting for it would wait forever.
         """
         marks: dict[str, int] = {}
         for message in messages:
@@ -623,7 +653,7 @@ class BatchWriter:
                     future.set_exception(WriterClosed("store writer closed before the write"))
 
     async def flush(self) -> None:
-        """Write everything added so far; waits as long as ClickHouse stays unavailable."""
+        """Write (or reject) everything added so far; waits while ClickHouse is unavailable."""
         for table in list(self._buffers):
             self._seal(table)
         target = self._sealed
@@ -701,15 +731,16 @@ class BatchWriter:
             wait = self._seal_due()
             if self._ready:
                 batch = self._ready[0]
-                await self._write(batch)
+                rejected = await self._write(batch)
                 self._ready.popleft()
                 self._pending -= len(batch.rows)
                 self._written = batch.number
+                # rejected rows are done too (dead-lettered): their waiters must not hang
                 self._written_per_table[batch.table] = self._written_per_table.get(
                     batch.table, 0
                 ) + len(batch.rows)
                 self._release_waiters(batch.table)
-                self.rows_written += len(batch.rows)
+                self.rows_written += len(batch.rows) - rejected
                 self.batches_written += 1
                 self._progress.set()
                 continue
@@ -719,37 +750,198 @@ class BatchWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: _Batch) -> int:
+        """Land a batch; returns how many of its rows were rejected for their data."""
+        return await self._land(batch.table, batch.rows, batch.token)
+
+    async def _land(
+        self, table: str, rows: list[list[Any]], token: str, types_checked: bool = False
+    ) -> int:
+        """Insert ``rows`` until they land, bisecting around rows refused for their data.
+
+        Halves get tokens derived from ``token`` (``token.0``, ``token.1``), and bisection is
+        deterministic, so a retried half carries the same token and is deduplicated. A refusal
+        under column types cached before this batch is retried once with fresh ones first
+        (``types_checked``: already done for the batch being bisected).
+        """
         delay = self.backoff_initial
         while True:
             try:
-                await asyncio.to_thread(self._insert, batch)
-                return
-            except Exception as error:  # any failure: keep the batch, it is the data
+                await asyncio.to_thread(self._insert, table, rows, token)
+                return 0
+            except _Refused as refused:
+                error = refused.error
+                self.last_error = error
+                if not (refused.fresh_types or types_checked):
+                    self._column_types.pop(table, None)
+                    types_checked = True
+                    continue  # types cached before a schema change refuse good rows too
+                if len(rows) == 1:
+                    await self._reject(table, rows[0], error)
+                    return 1
+                middle = len(rows) // 2
+                log.warning(
+                    "store refused %d rows for %s (%s): finding the bad ones",
+                    len(rows),
+                    table,
+                    _describe(error),
+                )
+                first = await self._land(table, rows[:middle], token + ".0", True)
+                return first + await self._land(table, rows[middle:], token + ".1", True)
+            except Exception as error:  # the store, not the rows: keep them, they are the data
                 self.retries += 1
                 self.last_error = error
-                self._column_types.pop(batch.table, None)  # the table may have been re-created
+                self._column_types.pop(table, None)  # the table may have been re-created
                 log.warning(
                     "store write of %d rows to %s failed (retry in %.1fs): %s",
-                    len(batch.rows),
-                    batch.table,
+                    len(rows),
+                    table,
                     delay,
                     error,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
 
-    def _insert(self, batch: _Batch) -> None:
-        """Runs in a worker thread: the client is synchronous."""
+    def _insert(self, table: str, rows: list[list[Any]], token: str) -> None:
+        """Runs in a worker thread: the client is synchronous.
+
+        Only the insert itself can refuse the rows; failing to connect or to look up the
+        column types is the store's trouble, whatever it raises.
+        """
         if self._client is None:
             assert self._factory is not None
             self._client = self._factory()
         client = self._client
-        types = self._column_types.get(batch.table)
+        types = self._column_types.get(table)
+        fresh = types is None
         if types is None:
-            context = client.create_insert_context(
-                batch.table, column_names=list(TABLE_COLUMNS[batch.table])
-            )
+            context = client.create_insert_context(table, column_names=list(TABLE_COLUMNS[table]))
             types = [column_type.name for column_type in context.column_types]
-            self._column_types[batch.table] = types
-        insert_rows(client, batch.table, batch.rows, dedup_token=batch.token, column_types=types)
+            self._column_types[table] = types
+        try:
+            insert_rows(client, table, rows, dedup_token=token, column_types=types)
+        except Exception as error:
+            if _about_data(error):
+                raise _Refused(error, fresh_types=fresh) from error
+            raise
+
+    async def _reject(self, table: str, values: list[Any], error: BaseException) -> None:
+        """Record a row ClickHouse will never take: ERROR log, dead-letter file, counter."""
+        self.rows_rejected += 1
+        reason = _describe(error)
+        line = json.dumps(
+            {
+                "table": table,
+                "error": reason,
+                "rejected_at": datetime.now(UTC).isoformat(),
+                "row": dict(zip(TABLE_COLUMNS[table], values, strict=True)),
+            },
+            default=_jsonable,
+        )
+        if self.dead_letter is None:
+            log.error("store rejected a row of %s: %s; row: %s", table, reason, line)
+            return
+        try:
+            await asyncio.to_thread(_append_line, self.dead_letter, line)
+        except OSError as failure:
+            log.error(
+                "store rejected a row of %s: %s; cannot dead-letter it to %s (%s); row: %s",
+                table,
+                reason,
+                self.dead_letter,
+                failure,
+                line,
+            )
+            return
+        log.error("store rejected a row of %s: %s; recorded in %s", table, reason, self.dead_letter)
+
+
+class _Refused(Exception):
+    """The insert failed because of the rows it carried; retrying them as they are is futile.
+
+    Unless the column types were cached (``fresh_types`` False): the table may have changed.
+    """
+
+    def __init__(self, error: Exception, *, fresh_types: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.fresh_types = fresh_types
+
+
+# What a row ClickHouse can never take raises, observed with clickhouse-connect 1.12 / chdb 4.4
+# (ClickHouse 26.9), with and without column_types; clickhouse-connect encodes in the client, so
+# most never reach the engine:
+# - 70000 or -1 into UInt16, 2**63 into Int64: DataError (from struct.error); None into a
+#   non-Nullable String: DataError; None into UInt16: TypeError; "abc" into UInt16 or "not a
+#   date" into DateTime64: ValueError; a lone surrogate in a String: UnicodeEncodeError (a
+#   ValueError); 5 into String or None into DateTime64: AttributeError.
+# - refused by the engine: DatabaseError whose ``code`` names the data, e.g. 469
+#   VIOLATED_CONSTRAINT, 6 CANNOT_PARSE_TEXT (a string sent for a UInt16 column).
+# What an unavailable store raises, for contrast: a missing table is DatabaseError code 60
+# UNKNOWN_TABLE; a refused HTTP connection is OperationalError; a chdb path locked by another
+# process, another path open in this one, or a closed client is ProgrammingError. So
+# ProgrammingError is not about data, and neither is a DatabaseError without a data code
+# (HTTP 5xx without one, timeouts, memory, too many parts): those are retried.
+_DATA_ERRORS: Final = (
+    DataError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    AttributeError,
+    struct.error,
+)
+_DATA_ERROR_CODES: Final = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
+        26,  # CANNOT_PARSE_QUOTED_STRING
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+        376,  # CANNOT_PARSE_UUID
+        407,  # DECIMAL_OVERFLOW
+        441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
+        467,  # CANNOT_PARSE_BOOL
+        469,  # VIOLATED_CONSTRAINT
+        675,  # CANNOT_PARSE_IPV4
+        676,  # CANNOT_PARSE_IPV6
+        691,  # UNKNOWN_ELEMENT_OF_ENUM
+    }
+)
+
+
+def _about_data(error: BaseException) -> bool:
+    """Whether an insert failed for the rows it carried rather than for the store (above)."""
+    if isinstance(error, _DATA_ERRORS):
+        return True
+    return isinstance(error, DatabaseError) and error.code in _DATA_ERROR_CODES
+
+
+def _describe(error: BaseException) -> str:
+    """Type and message, with the cause's: DataError's own text hides the offending value."""
+    text = f"{type(error).__name__}: {error}"
+    cause = error.__cause__
+    if cause is not None and str(cause):
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return repr(value)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append and fsync: a rejected row's waiters are released on the strength of this line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())

@@ -128,6 +128,15 @@ class TenantPolicy(Message):
     required_attributes: tuple[str, ...] = DEFAULT_REQUIRED_ATTRIBUTES
     stale_token: StaleTokenPolicy = StaleTokenPolicy()
     token_rotated_at: Timestamp | None = None
+    managed_settings: dict[str, Any] = Field(default_factory=dict)
+    """Claude Code managed settings (``env``, ``permissions``, MCP allowlists, ...): what
+    ``driftline policy push`` renders into the tenant's MDM profile. Detection ignores it."""
+
+    @field_validator("managed_settings")
+    @classmethod
+    def _plist_values(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        _check_plist_value(settings, "managed_settings")
+        return settings
 
     @field_validator("tools")
     @classmethod
@@ -161,6 +170,30 @@ class TenantPolicy(Message):
             return cls.model_validate(data)
         except ValidationError as error:
             raise PolicyError(f"{path}: invalid policy\n{describe(error)}") from None
+
+
+def _check_plist_value(value: Any, where: str) -> None:
+    """Managed settings become a property list: no null, string keys, 64-bit integers."""
+    if value is None:
+        raise ValueError(f"{where}: null cannot be put in a configuration profile; omit the key")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{where}: keys must be non-empty strings, got {key!r}")
+            _check_plist_value(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plist_value(item, f"{where}[{index}]")
+    elif isinstance(value, bool | str):
+        return
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{where}: {value} does not fit a 64-bit property list integer")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value} cannot be put in a property list")
+    else:
+        raise ValueError(f"{where}: unsupported value of type {type(value).__name__}")
 
 
 def _load(path: Path) -> Any:

@@ -101,3 +101,35 @@ class Plan(Message):
 
     actions: tuple[PlannedAction, ...]
     unresolvable: tuple[Unresolvable, ...]
+
+
+class AuditState(StrEnum):
+    PLANNED = "planned"
+    SENT = "sent"  # written durably *before* the request leaves: a restart never re-sends it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class AuditRecord(Message):
+    """One step of one action (a row of ``remediation_audit``, a message on driftline.actions).
+
+    ``request`` is method + path only, never headers or bodies; ``detail`` says why a step was
+    skipped or failed and which credential answered ("previous credential (in grace)").
+    """
+
+    tenant_id: str
+    action_id: str
+    attempt: int
+    state: AuditState
+    endpoint_id: str
+    serial_number: str | None
+    vendor: Vendor
+    device_id: str
+    action: ActionKind
+    reason: str
+    detail: str
+    dry_run: bool
+    request: str
+    response_status: int | None
+    at: Timestamp

@@ -251,6 +251,7 @@ def test_is_a_message_with_json_round_trip() -> None:
         required_attributes=("team.id", "cost.center"),
         stale_token=StaleTokenPolicy(threshold=5, window=timedelta(seconds=90)),
         token_rotated_at=datetime(2026, 11, 27, 12, 0, tzinfo=UTC),
+        managed_settings={"env": {"CLAUDE_CODE_ENABLE_TELEMETRY": "1"}},
     )
     assert isinstance(policy, Message)
     wire = json.loads(policy.to_json())
@@ -261,6 +262,7 @@ def test_is_a_message_with_json_round_trip() -> None:
         "required_attributes": ["team.id", "cost.center"],
         "stale_token": {"threshold": 5, "window": 90},
         "token_rotated_at": "2026-11-27T12:00:00Z",
+        "managed_settings": {"env": {"CLAUDE_CODE_ENABLE_TELEMETRY": "1"}},
     }
     assert TenantPolicy.from_json(policy.to_json()) == policy
     assert TenantPolicy.from_json(policy.to_json().decode()) == policy

@@ -7,11 +7,14 @@ test opens another path.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import logging
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from driftline.store import (
     Client,
     Migration,
     WriterClosed,
+    _about_data,
     applied_versions,
     connect,
     current_drift,
@@ -448,8 +452,10 @@ async def test_writer_routes_every_table(client: Client) -> None:
                 "endpoint_id": "acme/SN1",
                 "serial_number": "SN1",
                 "vendor": "jamf",
-                "action": "blank_push",
+                "device_id": "mgmt-1",
+                "action": "force_sync",
                 "reason": "outdated_client",
+                "detail": "",
                 "dry_run": True,
                 "request": "POST /api/v2/mdm/blank-push",
                 "response_status": None,
@@ -541,6 +547,195 @@ async def test_close_gives_up_after_its_grace_and_reports_the_loss() -> None:
     assert time.monotonic() - started < 2
     with pytest.raises(WriterClosed):
         await writer.add(auth_event(6))
+
+
+# --------------------------------------------------------------------------- rows it can never take
+
+
+def failure_of(action: Callable[[], object]) -> BaseException:
+    try:
+        action()
+    except Exception as error:
+        return error
+    raise AssertionError("expected a failure")
+
+
+def test_what_bad_values_and_an_unavailable_store_raise_is_told_apart(
+    bare: Client, tmp_path: Path
+) -> None:
+    """Pins the evidence ``_about_data`` is built on, so a client or chdb upgrade is noticed."""
+    bare.command(
+        "CREATE TABLE probe (n UInt16, at DateTime64(3, 'UTC'), s String, "
+        "CONSTRAINT small CHECK n < 100) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    columns = ["n", "at", "s"]
+    types = ["UInt16", "DateTime64(3, 'UTC')", "String"]
+    bad: dict[int, list[Any]] = {
+        0: [70000, -1, None, "abc", 200],  # 200: the engine's constraint refuses it
+        1: ["not a date", None],
+        2: [None, 5, "\ud800"],
+    }
+
+    def insert(row: list[Any], column_types: list[str] | None) -> None:
+        bare.insert("probe", [row], column_names=columns, column_type_names=column_types)
+
+    for index, values in bad.items():
+        for value in values:
+            row: list[Any] = [1, NOW, "x"]
+            row[index] = value
+            for column_types in (None, types):
+                error = failure_of(functools.partial(insert, row, column_types))
+                assert _about_data(error), f"{columns[index]}={value!r}: {error!r}"
+    assert count(bare, "probe") == 0
+
+    unavailable = [
+        failure_of(lambda: bare.insert("gone", [[1]], column_names=["n"])),  # UNKNOWN_TABLE
+        failure_of(lambda: connect(f"chdb://{tmp_path}/elsewhere")),  # one path per process
+        failure_of(lambda: connect(f"http://127.0.0.1:{free_port()}")),  # connection refused
+    ]
+    for error in unavailable:
+        assert not _about_data(error), repr(error)
+
+
+BAD_VALUES = [
+    pytest.param("policy_version", 2**64, "DataError", id="out-of-range"),
+    pytest.param("last_seen", "not a date", "ValueError", id="not-a-datetime"),
+    pytest.param("tenant_id", None, "DataError", id="none-in-non-nullable"),
+    pytest.param("detail", "\ud800", "UnicodeEncodeError", id="lone-surrogate"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "error"), BAD_VALUES)
+async def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_written(
+    client: Client, tmp_path: Path, column: str, value: Any, error: str
+) -> None:
+    dead_letter = tmp_path / "data" / "dead-letter.jsonl"
+    rows = [row_for(flag(f"f{n}", FlagState.RAISED, n))[1] for n in range(9)]
+    rows[4] = {**rows[4], column: value}
+    async with BatchWriter(client, max_rows=100, max_delay=60, dead_letter=dead_letter) as writer:
+        for row in rows:
+            await writer.add_row("drift_flags", row)
+        await writer.flush()
+        assert (writer.rows_written, writer.rows_rejected, writer.pending_rows) == (8, 1, 0)
+        assert writer.batches_written == 1 and writer.retries == 0
+
+        await writer.add(flag("later", FlagState.RAISED, 10))  # nothing is stuck behind it
+        await writer.flush()
+        assert (writer.rows_written, writer.rows_rejected) == (9, 1)
+
+    flags = {row[0] for row in client.query("SELECT flag_id FROM drift_flags").result_rows}
+    assert flags == {f"f{n}" for n in range(9) if n != 4} | {"later"}
+    [line] = dead_letter.read_text(encoding="utf-8").splitlines()
+    record = json.loads(line)
+    assert record["table"] == "drift_flags"
+    assert record["error"].startswith(error), record["error"]
+    assert record["row"]["flag_id"] == "f4" and record["row"][column] == value
+    assert record["row"]["first_seen"] == at(0).isoformat()
+
+
+async def test_durable_adds_return_once_their_bad_rows_are_rejected(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a dead-letter file the rows go to the ERROR log; waiters are released either way."""
+    good = [flag(f"g{n}", FlagState.RAISED, n) for n in range(20)]
+    bad = [
+        flag(f"b{n}", FlagState.RAISED, n).model_copy(update={"policy_version": 2**64})
+        for n in range(3)
+    ]
+    messages = [*good[:5], bad[0], *good[5:12], bad[1], bad[2], *good[12:]]
+    caplog.set_level(logging.ERROR, logger="driftline.store")
+    async with BatchWriter(client, max_delay=0.05) as writer:
+        await asyncio.wait_for(
+            asyncio.gather(writer.add_durably(messages[:10]), writer.add_durably(messages[10:])),
+            10,
+        )
+        assert (writer.rows_written, writer.rows_rejected) == (20, 3)
+    assert count(client, "drift_flags") == 20
+    rejections = [
+        record.getMessage() for record in caplog.records if record.name == "driftline.store"
+    ]
+    assert len(rejections) == 3
+    for flag_id, message in zip(("b0", "b1", "b2"), rejections, strict=True):
+        assert "drift_flags" in message and "DataError" in message and flag_id in message
+
+
+async def test_a_store_refusing_connections_is_retried_not_rejected(
+    dsn: str, client: Client, tmp_path: Path
+) -> None:
+    attempts = 0
+
+    def factory() -> Client:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise ConnectionRefusedError("connection refused")
+        return connect(dsn)  # a second client on the path; the writer closes it
+
+    dead_letter = tmp_path / "dead-letter.jsonl"
+    writer = BatchWriter(
+        factory, max_delay=0.02, backoff_initial=0.02, backoff_max=0.05, dead_letter=dead_letter
+    )
+    for n in range(10):
+        await writer.add(auth_event(n))
+    await asyncio.wait_for(writer.flush(), 10)
+    assert await writer.close() == 0
+    assert writer.retries == 3 and isinstance(writer.last_error, ConnectionRefusedError)
+    assert (writer.rows_written, writer.rows_rejected) == (10, 0)
+    assert not dead_letter.exists()
+    assert count(client, "auth_events") == 10
+
+
+async def test_retried_halves_of_a_bisected_batch_are_written_once(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every half lands, then reports a lost connection once: its retry must be dropped."""
+    client.command("SYSTEM STOP MERGES auth_events")  # a duplicate must stay visible
+    reset: list[str] = []
+
+    def landed_then_reset(
+        target: Client,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        dedup_token: str | None = None,
+        column_types: Sequence[str] | None = None,
+    ) -> None:
+        insert_rows(target, table, rows, dedup_token=dedup_token, column_types=column_types)
+        if dedup_token is not None and "." in dedup_token and dedup_token not in reset:
+            reset.append(dedup_token)
+            raise ConnectionResetError("connection reset after the insert landed")
+
+    monkeypatch.setattr("driftline.store.insert_rows", landed_then_reset)
+    rows = [row_for(auth_event(n))[1] for n in range(16)]
+    rows[11] = {**rows[11], "observed_at": "not a date"}
+    async with BatchWriter(
+        client, max_rows=100, max_delay=60, backoff_initial=0.01, dead_letter=tmp_path / "dl"
+    ) as writer:
+        for row in rows:
+            await writer.add_row("auth_events", row)
+        await writer.flush()
+        assert (writer.rows_written, writer.rows_rejected) == (15, 1)
+        assert writer.retries == len(reset) == 4  # halves 0-7, 12-15, 8-9 and 10
+
+    assert count(client, "auth_events") == 15
+    distinct = client.query("SELECT uniqExact(endpoint_id) FROM auth_events").result_rows
+    assert distinct == [(15,)]
+
+
+async def test_rows_refused_under_stale_column_types_are_retried_with_fresh_ones(
+    client: Client,
+) -> None:
+    async with BatchWriter(client, max_delay=0.02) as writer:
+        await writer.add(flag("before", FlagState.RAISED, 1))
+        await writer.flush()  # drift_flags' column types are cached now
+        client.command("TRUNCATE TABLE drift_flags")
+        client.command("ALTER TABLE drift_flags MODIFY COLUMN detail UInt16")
+        await writer.add_row(
+            "drift_flags", {**row_for(flag("after", FlagState.RAISED, 2))[1], "detail": 7}
+        )
+        await writer.flush()
+        assert (writer.rows_written, writer.rows_rejected) == (2, 0)
+    assert client.query("SELECT flag_id, detail FROM drift_flags").result_rows == [("after", 7)]
 
 
 # --------------------------------------------------------------------------- chdb rules

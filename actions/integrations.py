@@ -1,0 +1,175 @@
+"""Where each tenant's MDM integrations and their credentials live, and when they are due.
+
+One JSON file (default ``<data>/mdm/integrations.json``), created owner-only (0600) and replaced
+atomically. MDM secrets cannot be stored as hashes like ingest tokens: Driftline must present
+them. So the file is the secret; keep the data directory on an encrypted, backed-up volume, or
+point ``DRIFTLINE_MDM_INTEGRATIONS`` at a secrets-manager-mounted file.
+
+Rotation: ``set_credential`` moves the current credential to ``previous`` with a grace window,
+so pushes keep working while the customer revokes the old one. Rotation is due 90 days after a
+credential was set, with a warning 14 days ahead (the product document's schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from actions.mdm import Credential, Integration
+from schemas.remediation import Vendor
+
+ROTATE_AFTER = timedelta(days=90)
+WARN_BEFORE = timedelta(days=14)
+
+
+class IntegrationError(ValueError):
+    """A configuration request that cannot be carried out (unknown integration, bad value)."""
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    tenant_id: str
+    vendor: Vendor
+    client_id: str | None
+    set_at: datetime | None
+    due_at: datetime | None
+    state: str  # ok | warning | due | missing (push-only)
+    previous_until: datetime | None  # the previous credential's grace end, if still usable
+
+
+class IntegrationStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self) -> list[Integration]:
+        if not self.path.exists():
+            return []
+        raw = json.loads(self.path.read_text(encoding="utf-8"))
+        return [Integration.model_validate(item) for item in raw]
+
+    def for_tenant(self, tenant_id: str) -> list[Integration]:
+        return [i for i in self.all() if i.tenant_id == tenant_id]
+
+    def get(self, tenant_id: str, vendor: Vendor) -> Integration | None:
+        for integration in self.all():
+            if integration.tenant_id == tenant_id and integration.vendor == vendor:
+                return integration
+        return None
+
+    def configure(self, integration: Integration) -> Integration:
+        """Add or replace an integration's settings; its credentials are kept unless given."""
+        existing = self.get(integration.tenant_id, integration.vendor)
+        if existing is not None and integration.current is None:
+            integration = integration.model_copy(
+                update={
+                    "current": existing.current,
+                    "previous": existing.previous,
+                    "grace_until": existing.grace_until,
+                }
+            )
+        self._replace(integration)
+        return integration
+
+    def set_credential(
+        self,
+        tenant_id: str,
+        vendor: Vendor,
+        secret: str,
+        now: datetime,
+        *,
+        client_id: str | None = None,
+        grace: timedelta = timedelta(days=7),
+    ) -> Integration:
+        """Install a new credential; the one it replaces stays usable for ``grace``."""
+        integration = self.get(tenant_id, vendor)
+        if integration is None:
+            raise IntegrationError(
+                f"no {vendor.value} integration for tenant {tenant_id!r}; "
+                "configure it first (driftline mdm connect)"
+            )
+        if not secret.strip():
+            raise IntegrationError("the secret is empty")
+        if vendor in (Vendor.JAMF, Vendor.INTUNE) and not client_id:
+            raise IntegrationError(f"{vendor.value} credentials need a client id")
+        credential = Credential(
+            client_id=client_id, secret=SecretStr(secret.strip()), created_at=now
+        )
+        updated = integration.model_copy(
+            update={
+                "current": credential,
+                "previous": integration.current,
+                "grace_until": now + grace if integration.current else None,
+            }
+        )
+        self._replace(updated)
+        return updated
+
+    def status(self, now: datetime) -> list[RotationStatus]:
+        rows = []
+        for integration in self.all():
+            current = integration.current
+            previous_until = (
+                integration.grace_until
+                if integration.previous
+                and integration.grace_until
+                and now < integration.grace_until
+                else None
+            )
+            if current is None:
+                rows.append(
+                    RotationStatus(
+                        integration.tenant_id, integration.vendor, None, None, None, "missing", None
+                    )
+                )
+                continue
+            due = current.created_at + ROTATE_AFTER
+            state = "due" if now >= due else "warning" if now >= due - WARN_BEFORE else "ok"
+            rows.append(
+                RotationStatus(
+                    integration.tenant_id,
+                    integration.vendor,
+                    current.client_id,
+                    current.created_at,
+                    due,
+                    state,
+                    previous_until,
+                )
+            )
+        return sorted(rows, key=lambda r: (r.tenant_id, r.vendor))
+
+    def _replace(self, integration: Integration) -> None:
+        others = [
+            i
+            for i in self.all()
+            if (i.tenant_id, i.vendor) != (integration.tenant_id, integration.vendor)
+        ]
+        items = sorted([*others, integration], key=lambda i: (i.tenant_id, i.vendor))
+        self._write([_dump(i) for i in items])
+
+    def _write(self, items: list[dict[str, object]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".integrations-")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(items, file, indent=2, sort_keys=True)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _dump(integration: Integration) -> dict[str, object]:
+    """JSON with the secrets in clear: only ever written to the 0600 file."""
+    data = integration.model_dump(mode="json")
+    for name in ("current", "previous"):
+        credential = getattr(integration, name)
+        if credential is not None:
+            data[name]["secret"] = credential.secret.get_secret_value()
+    return data

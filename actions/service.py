@@ -1,0 +1,363 @@
+"""The remediation stage's shell: loads what the planner needs, runs the executor, imports
+compliance, pushes policy. Every decision is made by ``actions.planner`` and
+``actions.executor.gate`` (pure); this module only does the I/O around them.
+
+Inputs come from the store (open flags, endpoint serials, compliance history, the audit of past
+actions) and from the MDMs (devices by serial). Flagged serials are looked up live only when the
+compliance import has not already seen the device, which keeps Iru's shared hourly budget for
+actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from actions import planner, profiles
+from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
+from actions.integrations import IntegrationStore
+from actions.mdm import Integration, MdmClient, MdmError
+from driftline.store import query_dicts
+from schemas.messages import DriftFlag, FlagKind, FlagState
+from schemas.policy import TenantPolicy
+from schemas.remediation import (
+    AuditRecord,
+    AuditState,
+    ComplianceRecord,
+    ComplianceStatus,
+    Device,
+    Plan,
+    Vendor,
+)
+
+log = logging.getLogger(__name__)
+
+
+def client_for(integration: Integration, **options: Any) -> MdmClient:
+    """The vendor's client for an integration (the one place that maps vendor -> module)."""
+    if integration.vendor is Vendor.JAMF:
+        from actions.jamf import JamfClient
+
+        return JamfClient(integration, **options)
+    if integration.vendor is Vendor.INTUNE:
+        from actions.intune import IntuneClient
+
+        return IntuneClient(integration, **options)
+    from actions.iru import IruClient
+
+    return IruClient(integration, **options)
+
+
+# --- loading from the store ---------------------------------------------------------------
+
+
+def open_flags(client: Client, tenant: str) -> list[DriftFlag]:
+    rows = query_dicts(
+        client,
+        "SELECT tenant_id, flag_id, endpoint_id, kind, detail, first_seen, last_seen, "
+        "policy_version FROM drift_current WHERE tenant_id = {tenant:String}",
+        {"tenant": tenant},
+    )
+    return [
+        DriftFlag(
+            flag_id=row["flag_id"],
+            tenant_id=row["tenant_id"],
+            endpoint_id=row["endpoint_id"],
+            kind=FlagKind(row["kind"]),
+            state=FlagState.RAISED,
+            detail=row["detail"],
+            first_seen=_utc(row["first_seen"]),
+            last_seen=_utc(row["last_seen"]),
+            policy_version=row["policy_version"],
+        )
+        for row in rows
+    ]
+
+
+def endpoint_serials(client: Client, tenant: str) -> dict[str, str | None]:
+    rows = query_dicts(
+        client,
+        "SELECT endpoint_id, serial_number FROM endpoints_latest WHERE tenant_id = {tenant:String}",
+        {"tenant": tenant},
+    )
+    return {row["endpoint_id"]: row["serial_number"] for row in rows}
+
+
+def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
+    """The latest report per device (the planner picks the latest too; this bounds the read)."""
+    rows = query_dicts(
+        client,
+        "SELECT tenant_id, vendor, device_id, latest.1 AS serial_number, latest.2 AS status, "
+        "latest.3 AS reason, latest.4 AS reported_at, latest.5 AS imported_at FROM ("
+        "SELECT tenant_id, vendor, device_id, argMax((serial_number, status, reason, "
+        "reported_at, imported_at), (reported_at, imported_at)) AS latest "
+        "FROM compliance_records WHERE tenant_id = {tenant:String} "
+        "GROUP BY tenant_id, vendor, device_id)",
+        {"tenant": tenant},
+    )
+    return [
+        ComplianceRecord(
+            tenant_id=row["tenant_id"],
+            vendor=Vendor(row["vendor"]),
+            device_id=row["device_id"],
+            serial_number=row["serial_number"],
+            status=ComplianceStatus(row["status"]),
+            reason=row["reason"],
+            reported_at=_utc(row["reported_at"]),
+            imported_at=_utc(row["imported_at"]),
+        )
+        for row in rows
+    ]
+
+
+def action_history(client: Client, tenant: str, cooldown: timedelta, now: datetime) -> History:
+    rows = query_dicts(
+        client,
+        "SELECT action_id, attempt, groupUniqArray(state) AS states, max(at) AS last_at "
+        "FROM remediation_audit FINAL WHERE tenant_id = {tenant:String} AND NOT dry_run "
+        "AND state IN ('sent', 'succeeded', 'failed') GROUP BY action_id, attempt",
+        {"tenant": tenant},
+    )
+    actions: dict[str, Past] = {}
+    for row in rows:
+        past = Past(
+            row["attempt"], frozenset(AuditState(s) for s in row["states"]), _utc(row["at"])
+        )
+        if row["action_id"] not in actions or past.attempt > actions[row["action_id"]].attempt:
+            actions[row["action_id"]] = past
+    synced = query_dicts(
+        client,
+        "SELECT vendor, device_id, max(at) AS last_at FROM remediation_audit "
+        "WHERE tenant_id = {tenant:String} AND NOT dry_run AND action = 'force_sync' "
+        "AND state IN ('sent', 'succeeded') AND at >= {since:DateTime64(3, 'UTC')} "
+        "GROUP BY vendor, device_id",
+        {"tenant": tenant, "since": now - cooldown},
+    )
+    last_sync = {(tenant, Vendor(r["vendor"]), r["device_id"]): _utc(r["last_at"]) for r in synced}
+    return History(actions=actions, last_sync=last_sync)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- the service --------------------------------------------------------------------------
+
+
+Store = Callable[[AuditRecord | ComplianceRecord, bool], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    tenant_id: str
+    plan: Plan
+    report: RunReport
+
+
+class Remediation:
+    """One tenant-scoped remediation pass at a time, over one store client."""
+
+    def __init__(
+        self,
+        store: Client,
+        integrations: IntegrationStore,
+        options: ExecutorOptions,
+        audit: AuditSink,
+        *,
+        client_for: Callable[[Integration], MdmClient] = client_for,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.integrations = integrations
+        self.options = options
+        self.audit = audit
+        self.client_for = client_for
+        self.clock = clock
+
+    def tenants(self) -> list[str]:
+        return sorted({i.tenant_id for i in self.integrations.all()})
+
+    async def run(self, tenant: str) -> Outcome:
+        """Plan from the store's current picture and carry it out (dry-run unless live)."""
+        now = self.clock()
+        flags, serials, compliance, history = await asyncio.to_thread(self._load, tenant, now)
+        integrations = {(i.tenant_id, i.vendor): i for i in self.integrations.for_tenant(tenant)}
+        inventory = await self._inventory(
+            integrations.values(), _flagged_serials(flags, serials), compliance
+        )
+        plan = planner.plan(flags, serials, compliance, inventory)
+        executor = Executor(self.audit, self.client_for, self.options, self.clock)
+        report = await executor.execute(plan, history, integrations)
+        return Outcome(tenant, plan, report)
+
+    def _load(
+        self, tenant: str, now: datetime
+    ) -> tuple[list[DriftFlag], dict[str, str | None], list[ComplianceRecord], History]:
+        return (
+            open_flags(self.store, tenant),
+            endpoint_serials(self.store, tenant),
+            compliance_history(self.store, tenant),
+            action_history(self.store, tenant, self.options.cooldown, now),
+        )
+
+    async def _inventory(
+        self,
+        integrations: Iterable[Integration],
+        serials: set[str],
+        compliance: list[ComplianceRecord],
+    ) -> list[Device]:
+        """Devices the compliance import saw, plus live lookups for flagged serials it did not."""
+        devices = [
+            Device(
+                tenant_id=r.tenant_id,
+                vendor=r.vendor,
+                device_id=r.device_id,
+                serial_number=r.serial_number,
+            )
+            for r in compliance
+            if r.serial_number
+        ]
+        known = {planner.normalize_serial(d.serial_number) for d in devices}
+        missing = sorted(s for s in serials if planner.normalize_serial(s) not in known)
+        for integration in integrations:
+            if integration.current is None or not missing:
+                continue
+            client = self.client_for(integration)
+            try:
+                for serial in missing:
+                    devices.extend(await client.devices_by_serial(serial))
+            except MdmError as error:
+                log.warning(
+                    "%s lookup for tenant %s failed: %s",
+                    integration.vendor.value,
+                    integration.tenant_id,
+                    error,
+                )
+            finally:
+                await client.aclose()
+        return devices
+
+    async def import_compliance(
+        self, tenant: str, store: Callable[[list[ComplianceRecord]], Awaitable[None]]
+    ) -> dict[Vendor, int]:
+        """Pull each integration's compliance view into the store; returns records per vendor."""
+        counts: dict[Vendor, int] = {}
+        for integration in self.integrations.for_tenant(tenant):
+            if integration.current is None:
+                continue
+            client = self.client_for(integration)
+            try:
+                records = await client.compliance(self.clock())
+            finally:
+                await client.aclose()
+            await store(records)
+            counts[integration.vendor] = len(records)
+        return counts
+
+
+def _flagged_serials(flags: list[DriftFlag], serials: dict[str, str | None]) -> set[str]:
+    return {s for f in flags if (s := serials.get(f.endpoint_id))}
+
+
+# --- policy push --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushEntry:
+    """A changelog entry: what a push did for one integration, and why."""
+
+    tenant_id: str
+    vendor: Vendor
+    policy_version: int
+    digest: str
+    outcome: str  # pushed | unchanged | republish_required | failed | dry_run
+    detail: str
+    payload_file: str
+    at: datetime
+
+
+def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path]:
+    payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings)
+    digest = profiles.digest(payload)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{policy.tenant}-{digest[:12]}.mobileconfig"
+    path.write_bytes(payload)
+    return payload, digest, path
+
+
+async def push_policy(
+    policy: TenantPolicy,
+    integrations: list[Integration],
+    out_dir: Path,
+    last_pushed: Callable[[Vendor], str | None],
+    *,
+    live: bool,
+    force_sync_devices: Callable[[Integration], Awaitable[list[str]]] | None = None,
+    client_for: Callable[[Integration], MdmClient] = client_for,
+    now: datetime,
+) -> list[PushEntry]:
+    """Render the tenant's managed settings and update each MDM's profile where it changed.
+
+    The payload file is always written (``out_dir/<tenant>-<digest12>.mobileconfig``): it is
+    what an admin uploads by hand for a push-only integration ("republish required").
+    ``last_pushed(vendor)`` is the digest that integration last received: equal means nothing to
+    push.
+    """
+    payload, digest, path = await asyncio.to_thread(write_payload, policy, out_dir)
+    entries = []
+
+    def entry(integration: Integration, outcome: str, detail: str) -> PushEntry:
+        return PushEntry(
+            policy.tenant,
+            integration.vendor,
+            policy.version,
+            digest,
+            outcome,
+            detail,
+            str(path),
+            now,
+        )
+
+    for integration in integrations:
+        if last_pushed(integration.vendor) == digest:
+            entries.append(entry(integration, "unchanged", "the profile already has this payload"))
+            continue
+        if integration.current is None or integration.profile_id is None:
+            why = "no credential" if integration.current is None else "no profile id configured"
+            entries.append(
+                entry(
+                    integration,
+                    "republish_required",
+                    f"push-only integration ({why}): upload {path.name} to the MDM profile",
+                )
+            )
+            continue
+        if not live:
+            entries.append(
+                entry(integration, "dry_run", "would update the profile (--live to push)")
+            )
+            continue
+        client = client_for(integration)
+        try:
+            sent = await client.update_profile(profiles.profile_name(policy.tenant), payload)
+            detail = f"{sent.request} -> {sent.status}"
+            if sent.credential == "previous":
+                detail += "; previous credential (in grace) used"
+            if force_sync_devices is not None and integration.force_sync:
+                device_ids = await force_sync_devices(integration)
+                for device_id in device_ids:
+                    await client.force_sync(device_id)
+                detail += f"; force-synced {len(device_ids)} devices"
+            entries.append(entry(integration, "pushed", detail))
+        except MdmError as error:
+            entries.append(entry(integration, "failed", f"{type(error).__name__}: {error}"))
+        finally:
+            await client.aclose()
+    return entries

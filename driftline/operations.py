@@ -1,0 +1,278 @@
+"""The remediation commands, written once and run in one of two places.
+
+Each operation takes a ``Context`` (a store client, a batch writer, settings, where audit rows
+go) and JSON-able arguments, and returns JSON-able results. The CLI runs it in its own process
+against ``--data``/``--clickhouse``, or, when a ``driftline run`` holds the embedded store, asks
+that process to run it (``POST /api/operations/NAME`` on the admin port, localhost only). Same
+code, same results, whichever process owns the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from actions import compliance_csv
+from actions.executor import ExecutorOptions
+from actions.integrations import IntegrationStore
+from actions.mdm import MdmError
+from actions.service import Remediation, push_policy
+from driftline.bus import Bus, Record
+from driftline.store import BatchWriter, query_dicts
+from schemas import topics
+from schemas.durations import parse_duration
+from schemas.policy import TenantPolicy
+from schemas.remediation import AuditRecord, ComplianceRecord, Vendor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    store: Client
+    writer: BatchWriter
+    data: Path
+    integrations: IntegrationStore
+    policies: Callable[[str], TenantPolicy | None]
+    bus: Bus | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def kill_switch(self) -> Path:
+        return self.data / "actions.disabled"
+
+    async def audit(self, record: AuditRecord, *, durable: bool) -> None:
+        """Audit rows go to ClickHouse and, when there is a bus, to driftline.actions."""
+        if durable:
+            await self.writer.add_durably([record])
+        else:
+            await self.writer.add(record)
+        if self.bus is not None:
+            await self.bus.publish(
+                [Record(topics.ACTIONS, record.endpoint_id or record.device_id, record.to_json())]
+            )
+
+
+Operation = Callable[[Context, dict[str, Any]], Awaitable[Any]]
+
+
+def executor_options(ctx: Context, args: dict[str, Any]) -> ExecutorOptions:
+    return ExecutorOptions(
+        live=bool(args.get("live", False)),
+        cooldown=parse_duration(str(args.get("cooldown") or "1h")),
+        max_devices=int(args.get("max_devices") or 100),
+        kill_switch=ctx.kill_switch(),
+    )
+
+
+async def actions_run(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Plan and (with live) act for one tenant; the plan, every decision and the counts."""
+    tenant = str(args["tenant"])
+    remediation = Remediation(
+        ctx.store, ctx.integrations, executor_options(ctx, args), ctx.audit, clock=ctx.clock
+    )
+    outcome = await remediation.run(tenant)
+    await ctx.writer.flush()
+    report = outcome.report
+    return {
+        "tenant": tenant,
+        "dry_run": report.dry_run,
+        "counts": {
+            "planned": report.planned,
+            "sent": report.sent,
+            "succeeded": report.succeeded,
+            "failed": report.failed,
+            "skipped": report.skipped,
+        },
+        "steps": [r.model_dump(mode="json") for r in report.records],
+        "unresolvable": [u.model_dump(mode="json") for u in outcome.plan.unresolvable],
+    }
+
+
+async def mdm_import(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """A CSV export into compliance_records (refused whole if any row is bad)."""
+    records = compliance_csv.parse(
+        str(args["csv"]), str(args["tenant"]), Vendor(args["vendor"]), ctx.clock()
+    )
+    await _store_compliance(ctx, records)
+    return {"tenant": args["tenant"], "vendor": args["vendor"], "imported": len(records)}
+
+
+async def mdm_pull(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Each integration's own compliance view, through its API, into compliance_records."""
+    tenant = str(args["tenant"])
+    remediation = Remediation(ctx.store, ctx.integrations, ExecutorOptions(), ctx.audit)
+    try:
+        counts = await remediation.import_compliance(
+            tenant, lambda records: _store_compliance(ctx, records)
+        )
+    except MdmError as error:
+        raise ValueError(f"compliance pull failed: {type(error).__name__}: {error}") from None
+    return {"tenant": tenant, "imported": {vendor.value: n for vendor, n in counts.items()}}
+
+
+async def _store_compliance(ctx: Context, records: list[ComplianceRecord]) -> None:
+    await ctx.writer.add_durably(records)
+
+
+async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    tenant = str(args["tenant"])
+    policy = ctx.policies(tenant)
+    if policy is None:
+        raise ValueError(
+            f"tenant {tenant!r} has no policy; publish one with `driftline policy set`"
+        )
+    integrations = ctx.integrations.for_tenant(tenant)
+    if not integrations:
+        raise ValueError(f"tenant {tenant!r} has no MDM integration (driftline mdm connect)")
+    pushed = await asyncio.to_thread(_last_pushed, ctx.store, tenant)
+    entries = await push_policy(
+        policy,
+        integrations,
+        ctx.data / "policy-push",
+        lambda vendor: pushed.get(vendor.value),
+        live=bool(args.get("live", False)),
+        force_sync_devices=_scoped_devices(ctx, tenant) if args.get("force_sync") else None,
+        now=ctx.clock(),
+    )
+    for entry in entries:
+        await ctx.writer.add_row(
+            "policy_changelog",
+            {
+                "tenant_id": entry.tenant_id,
+                "vendor": entry.vendor.value,
+                "policy_version": entry.policy_version,
+                "digest": entry.digest,
+                "outcome": entry.outcome,
+                "detail": entry.detail,
+                "payload_file": entry.payload_file,
+                "at": entry.at,
+            },
+        )
+    await ctx.writer.flush()
+    return {
+        "tenant": tenant,
+        "entries": [
+            {**entry.__dict__, "vendor": entry.vendor.value, "at": entry.at.isoformat()}
+            for entry in entries
+        ],
+    }
+
+
+def _last_pushed(store: Client, tenant: str) -> dict[str, str]:
+    rows = query_dicts(
+        store,
+        "SELECT vendor, argMax(digest, at) AS digest FROM policy_changelog "
+        "WHERE tenant_id = {tenant:String} AND outcome = 'pushed' GROUP BY vendor",
+        {"tenant": tenant},
+    )
+    return {row["vendor"]: row["digest"] for row in rows}
+
+
+def _scoped_devices(ctx: Context, tenant: str) -> Callable[[Any], Awaitable[list[str]]]:
+    """Devices to force-sync after a push: those the compliance import knows for the vendor."""
+
+    async def devices(integration: Any) -> list[str]:
+        rows = await asyncio.to_thread(
+            query_dicts,
+            ctx.store,
+            "SELECT DISTINCT device_id FROM compliance_records "
+            "WHERE tenant_id = {tenant:String} AND vendor = {vendor:String} ORDER BY device_id",
+            {"tenant": tenant, "vendor": integration.vendor.value},
+        )
+        return [row["device_id"] for row in rows]
+
+    return devices
+
+
+async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Force-synced devices: pending, remediated (with time to remediate) or stuck."""
+    stuck_after = parse_duration(str(args.get("stuck_after") or "24h"))
+    rows = await asyncio.to_thread(
+        query_dicts,
+        ctx.store,
+        "SELECT tenant_id, vendor, device_id, serial_number, endpoint_id, synced_at, flags, "
+        "resolved_flags, remediated_at, time_to_remediate_s FROM remediation_outcomes "
+        "WHERE ({tenant:Nullable(String)} IS NULL OR tenant_id = {tenant:Nullable(String)}) "
+        "ORDER BY synced_at",
+        {"tenant": args.get("tenant")},
+    )
+    now = ctx.clock()
+    for row in rows:
+        synced = row["synced_at"]
+        synced = synced if synced.tzinfo else synced.replace(tzinfo=UTC)
+        if row["remediated_at"] is not None:
+            row["status"] = "remediated"
+        elif now - synced > stuck_after:
+            row["status"] = "stuck"
+        else:
+            row["status"] = "pending"
+    return rows
+
+
+OPERATIONS: dict[str, Operation] = {
+    "actions-run": actions_run,
+    "mdm-import": mdm_import,
+    "mdm-pull": mdm_pull,
+    "policy-push": policy_push,
+    "remediation": remediation_status,
+}
+
+
+async def run_operation(ctx: Context, name: str, args: dict[str, Any]) -> Any:
+    operation = OPERATIONS.get(name)
+    if operation is None:
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS)}")
+    return await operation(ctx, args)
+
+
+async def run_local(
+    dsn: str, data: Path, integrations: Path, name: str, args: dict[str, Any]
+) -> Any:
+    """Run one operation in this process, owning the store for its duration."""
+    from driftline import store
+    from driftline.policies import PolicyDirectory
+
+    client = await asyncio.to_thread(store.connect, dsn)
+    try:
+        await asyncio.to_thread(store.migrate, client)
+        async with BatchWriter(client, max_delay=0.05) as writer:
+            ctx = Context(
+                store=client,
+                writer=writer,
+                data=data,
+                integrations=IntegrationStore(integrations),
+                policies=PolicyDirectory(data / "policies").get,
+            )
+            return await run_operation(ctx, name, args)
+    finally:
+        client.close()
+
+
+async def remediate_forever(ctx: Context, live: bool, interval: float, wake: asyncio.Event) -> None:
+    """`driftline run`'s in-process actions stage: every ``interval``, or soon after new drift.
+
+    Tenants are those with an integration; each pass is dry-run unless ``live``. A failing pass
+    is logged and retried next time; it never stops the pipeline.
+    """
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=interval)
+        wake.clear()
+        await asyncio.sleep(0.2)  # let a burst of flags land before planning
+        for tenant in sorted({i.tenant_id for i in ctx.integrations.all()}):
+            try:
+                result = await actions_run(ctx, {"tenant": tenant, "live": live})
+            except Exception:
+                log.exception("remediation pass for tenant %s failed", tenant)
+                continue
+            counts = result["counts"]
+            if counts["sent"] or counts["failed"]:
+                log.info("remediation for %s: %s", tenant, counts)
