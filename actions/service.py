@@ -128,7 +128,7 @@ def action_history(client: Client, tenant: str, cooldown: timedelta, now: dateti
     actions: dict[str, Past] = {}
     for row in rows:
         past = Past(
-            row["attempt"], frozenset(AuditState(s) for s in row["states"]), _utc(row["at"])
+            row["attempt"], frozenset(AuditState(s) for s in row["states"]), _utc(row["last_at"])
         )
         if row["action_id"] not in actions or past.attempt > actions[row["action_id"]].attempt:
             actions[row["action_id"]] = past

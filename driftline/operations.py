@@ -23,8 +23,8 @@ from clickhouse_connect.driver.client import Client
 from actions import compliance_csv
 from actions.executor import ExecutorOptions
 from actions.integrations import IntegrationStore
-from actions.mdm import MdmError
-from actions.service import Remediation, push_policy
+from actions.mdm import Integration, MdmClient, MdmError
+from actions.service import Remediation, client_for, push_policy
 from driftline.bus import Bus, Record
 from driftline.store import BatchWriter, query_dicts
 from schemas import topics
@@ -44,6 +44,7 @@ class Context:
     policies: Callable[[str], TenantPolicy | None]
     bus: Bus | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    client_for: Callable[[Integration], MdmClient] = client_for
 
     def kill_switch(self) -> Path:
         return self.data / "actions.disabled"
@@ -76,7 +77,12 @@ async def actions_run(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Plan and (with live) act for one tenant; the plan, every decision and the counts."""
     tenant = str(args["tenant"])
     remediation = Remediation(
-        ctx.store, ctx.integrations, executor_options(ctx, args), ctx.audit, clock=ctx.clock
+        ctx.store,
+        ctx.integrations,
+        executor_options(ctx, args),
+        ctx.audit,
+        client_for=ctx.client_for,
+        clock=ctx.clock,
     )
     outcome = await remediation.run(tenant)
     await ctx.writer.flush()
@@ -108,7 +114,9 @@ async def mdm_import(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 async def mdm_pull(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Each integration's own compliance view, through its API, into compliance_records."""
     tenant = str(args["tenant"])
-    remediation = Remediation(ctx.store, ctx.integrations, ExecutorOptions(), ctx.audit)
+    remediation = Remediation(
+        ctx.store, ctx.integrations, ExecutorOptions(), ctx.audit, client_for=ctx.client_for
+    )
     try:
         counts = await remediation.import_compliance(
             tenant, lambda records: _store_compliance(ctx, records)
@@ -140,6 +148,7 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         lambda vendor: pushed.get(vendor.value),
         live=bool(args.get("live", False)),
         force_sync_devices=_scoped_devices(ctx, tenant) if args.get("force_sync") else None,
+        client_for=ctx.client_for,
         now=ctx.clock(),
     )
     for entry in entries:
