@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +12,8 @@ import httpx
 import pytest
 
 from ingest.tokens import TokenStore
+from tests.support.embedded import Run, until
 from tests.support.otel import claude_resource, export_logs, export_metrics
-from tests.support.processes import free_port, wait_ready
 
 POLICY = """
 tenant: acme
@@ -28,46 +25,6 @@ stale_token: {threshold: 3, window: 10m}
 """
 
 
-class Run:
-    """A `driftline run` process on free ports over one data directory."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "DRIFTLINE_AUTH_EVENT_INTERVAL": "0.5"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftline.cli", "run", "--data", str(self.data),
-             "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
-             "--admin-port", str(self.ports["admin"])],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        wait_ready(self.ports["admin"], self.process, timeout=60)
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        output = self.process.communicate(timeout=60)[0].decode()
-        self.process = None
-        return output
-
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "driftline.cli", *args, "--data", str(self.data)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return result.stdout
-
-    def drift(self) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = json.loads(self.cli("drift", "--tenant", "acme", "--json"))
-        return rows
-
-    def open_flags(self) -> set[tuple[str, str]]:
-        return {(row["endpoint_id"], row["kind"]) for row in self.drift()}
-
-
 @pytest.fixture
 def run(tmp_path: Path) -> Iterator[Run]:
     running = Run(tmp_path)
@@ -75,15 +32,6 @@ def run(tmp_path: Path) -> Iterator[Run]:
     yield running
     if running.process is not None:
         running.stop(signal.SIGKILL)
-
-
-def until(predicate: object, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_fleet_drift_is_flagged_and_resolved(run: Run) -> None:

@@ -1,0 +1,62 @@
+"""`driftline run` as a real process on free ports, driven the way an admin would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.processes import free_port, wait_ready
+
+
+class Run:
+    """A `driftline run` process on free ports over one data directory."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, **env_overrides: str) -> None:
+        env = {**os.environ, "DRIFTLINE_AUTH_EVENT_INTERVAL": "0.5", **env_overrides}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "run", "--data", str(self.data),
+             "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
+             "--admin-port", str(self.ports["admin"])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        wait_ready(self.ports["admin"], self.process, timeout=60)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        output = self.process.communicate(timeout=60)[0].decode()
+        self.process = None
+        return output
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "driftline.cli", *args, "--data", str(self.data)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def drift(self) -> list[dict[str, str]]:
+        rows: list[dict[str, str]] = json.loads(self.cli("drift", "--tenant", "acme", "--json"))
+        return rows
+
+    def open_flags(self) -> set[tuple[str, str]]:
+        return {(row["endpoint_id"], row["kind"]) for row in self.drift()}
+
+
+def until(predicate: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
