@@ -492,6 +492,18 @@ def _cmd_actions_run(args: argparse.Namespace) -> int:
     return 1 if result["counts"]["failed"] else 0
 
 
+def _cmd_actions_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from driftline.actions_runner import serve
+    from driftline.embedded import store_path
+
+    settings = _settings(args)
+    dsn = args.clickhouse or f"chdb://{store_path(settings.data).resolve()}"
+    uvloop.run(serve(settings, dsn, args.group, settle=args.settle))
+    return 0
+
+
 def _cmd_actions_switch(args: argparse.Namespace) -> int:
     switch = _settings(args).data / "actions.disabled"
     if args.actions_command == "stop":
@@ -697,11 +709,23 @@ def build_parser() -> argparse.ArgumentParser:
     actions_run.add_argument("--json", action="store_true")
     actions_run.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
     actions_run.set_defaults(func=_cmd_actions_run)
+    actions_serve = action_commands.add_parser(
+        "serve",
+        help="Kafka deployment: remediate on new drift from driftline.flags (dry-run unless "
+        "DRIFTLINE_ACTIONS_LIVE=1)",
+    )
+    _add_setting_flags(actions_serve, "--bootstrap")
+    actions_serve.add_argument("--clickhouse", default=None, help="DSN of the ClickHouse server")
+    actions_serve.add_argument("--group", default="driftline-actions", help="Kafka consumer group")
+    actions_serve.add_argument(
+        "--settle", type=float, default=2.0, help="seconds for the sink to store new flags"
+    )
+    actions_serve.set_defaults(func=_cmd_actions_serve)
     stop = action_commands.add_parser("stop", help="kill switch: no MDM action is sent")
     resume = action_commands.add_parser("resume", help="release the kill switch")
     for sub in (stop, resume):
         sub.set_defaults(func=_cmd_actions_switch)
-    for sub in (actions_run, stop, resume):
+    for sub in (actions_run, actions_serve, stop, resume):
         _add_setting_flags(sub, "--data")
 
     kafka = commands.add_parser("kafka", help="run a local single-node Kafka for development")

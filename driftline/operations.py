@@ -265,7 +265,9 @@ async def run_local(
         client.close()
 
 
-async def remediate_forever(ctx: Context, live: bool, interval: float, wake: asyncio.Event) -> None:
+async def remediate_forever(
+    ctx: Context, live: bool, interval: float, wake: asyncio.Event, settle: float = 0.2
+) -> None:
     """`driftline run`'s in-process actions stage: every ``interval``, or soon after new drift.
 
     Tenants are those with an integration; each pass is dry-run unless ``live``. A failing pass
@@ -275,7 +277,7 @@ async def remediate_forever(ctx: Context, live: bool, interval: float, wake: asy
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=interval)
         wake.clear()
-        await asyncio.sleep(0.2)  # let a burst of flags land before planning
+        await asyncio.sleep(settle)  # let a burst of flags land in the store before planning
         for tenant in sorted({i.tenant_id for i in ctx.integrations.all()}):
             try:
                 result = await actions_run(ctx, {"tenant": tenant, "live": live})
