@@ -15,7 +15,6 @@ Iru facts this module is shaped by (reference notes, section 3):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -171,9 +170,6 @@ class IruClient:
             sleep=sleep,
         )
         self.remaining_hour: int | None = None
-        # Session turns every 4xx into Rejected without the body; a blank push already queued
-        # is a 400 told apart only by its body, so a response hook keeps it per path.
-        self._blankpush_400: dict[str, tuple[bool, str]] = {}
         self.session.http.event_hooks["response"].append(self._observe)
 
     def __repr__(self) -> str:
@@ -187,16 +183,6 @@ class IruClient:
         remaining = response.headers.get("X-Ratelimit-Remaining-Hour", "").strip()
         if remaining.isdigit():
             self.remaining_hour = int(remaining)
-        path = response.request.url.path
-        if response.status_code == 400 and _BLANKPUSH_PATH.fullmatch(path):
-            await response.aread()
-            used = response.request.headers.get("Authorization", "")
-            current = self.integration.current
-            is_current = current is not None and hmac.compare_digest(
-                used.encode(), f"Bearer {current.secret.get_secret_value()}".encode()
-            )
-            running = ALREADY_RUNNING.lower() in response.text.lower()
-            self._blankpush_400[path] = (running, "current" if is_current else "previous")
 
     # --- devices ------------------------------------------------------------------------
 
@@ -331,14 +317,13 @@ class IruClient:
         try:
             _, sent = await self.session.request("POST", path)
         except Rejected as exc:
-            running, credential = self._blankpush_400.pop(path, (False, "current"))
-            if exc.status == 400 and running:
+            if exc.status == 400 and ALREADY_RUNNING.lower() in exc.detail.lower():
                 log.info(
                     "iru %s: blank push already queued for %s",
                     self.integration.tenant_id,
                     device_id,
                 )
-                return Sent(f"POST {path}", 400, credential)
+                return Sent(f"POST {path}", 400, exc.credential or "current")
             raise
         return sent
 

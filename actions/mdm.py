@@ -44,10 +44,20 @@ Clock = Callable[[], float]
 class MdmError(Exception):
     """An MDM call that did not succeed. Messages carry method, path and status, never secrets."""
 
-    def __init__(self, message: str, *, status: int | None = None, request: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request: str = "",
+        detail: str = "",
+        credential: str = "",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.request = request
+        self.detail = detail  # the start of the vendor's error body, e.g. "Command already running"
+        self.credential = credential  # which one got this answer: "current" | "previous"
 
 
 class NotAllowed(MdmError):
@@ -454,6 +464,7 @@ class Session:
                     method,
                     absolute_url or path,
                     credential,
+                    name,
                     audit,
                     params=params,
                     json=json,
@@ -479,7 +490,13 @@ class Session:
         raise last
 
     async def _send(
-        self, method: str, url: str, credential: Credential, audit: str, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        credential: Credential,
+        credential_name: str,
+        audit: str,
+        **kwargs: Any,
     ) -> httpx.Response:
         extra_headers = dict(kwargs.pop("headers", None) or {})
         refreshed = False
@@ -528,7 +545,14 @@ class Session:
                     raise Unavailable(f"{audit} -> {status}", status=status, request=audit)
                 await self._sleep(self._backoff(attempt))
                 continue
-            raise Rejected(f"{audit} -> {status}", status=status, request=audit)
+            await response.aread()
+            raise Rejected(
+                f"{audit} -> {status}",
+                status=status,
+                request=audit,
+                detail=response.text[:200],
+                credential=credential_name,
+            )
 
     async def _take_rate(self, method: str) -> None:
         if self._rate is not None:
