@@ -54,7 +54,6 @@ MOBILECONFIG_TYPE = "application/x-apple-aspen-config"
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]")
-_BLANKPUSH_PATH = re.compile(r"/api/v1/devices/[^/]+/action/blankpush")
 
 # Configuration profiles report lowercase success/pending/failed; other library items the
 # uppercase values. Pending means "not on the device yet", which is what missing_profile means.
