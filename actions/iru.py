@@ -327,13 +327,19 @@ class IruClient:
         return sent
 
     async def update_profile(self, name: str, mobileconfig: bytes) -> Sent:
-        """Replace the custom profile's file (and name) in place; its assignments are kept."""
+        """Replace the custom profile's file (and name) in place; its assignments are kept.
+
+        With ``integration.blueprint_id`` the profile is (re)assigned to that blueprint too, so
+        a profile someone removed from it comes back; assigning twice is harmless.
+        """
         item_id = self._profile_id()
         _, sent = await self.session.request(
             "PATCH",
             CUSTOM_PROFILE.format(library_item_id=item_id),
             **_profile_form(name, mobileconfig),
         )
+        if self.integration.blueprint_id:
+            await self.assign_to_blueprint()
         return sent
 
     async def create_profile(self, name: str, mobileconfig: bytes) -> tuple[str, Sent]:

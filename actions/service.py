@@ -246,20 +246,28 @@ class Remediation:
 
     async def import_compliance(
         self, tenant: str, store: Callable[[list[ComplianceRecord]], Awaitable[None]]
-    ) -> dict[Vendor, int]:
-        """Pull each integration's compliance view into the store; returns records per vendor."""
+    ) -> tuple[dict[Vendor, int], dict[Vendor, str]]:
+        """Pull each integration's compliance view into the store.
+
+        Returns records per vendor, and per vendor why nothing was pulled (a configuration gap
+        such as no profile id, or the MDM's error): one failing MDM does not stop the others.
+        """
         counts: dict[Vendor, int] = {}
+        errors: dict[Vendor, str] = {}
         for integration in self.integrations.for_tenant(tenant):
             if integration.current is None:
                 continue
             client = self.client_for(integration)
             try:
                 records = await client.compliance(self.clock())
+            except (MdmError, ValueError) as error:
+                errors[integration.vendor] = f"{type(error).__name__}: {error}"
+                continue
             finally:
                 await client.aclose()
             await store(records)
             counts[integration.vendor] = len(records)
-        return counts
+        return counts, errors
 
 
 def _flagged_serials(flags: list[DriftFlag], serials: dict[str, str | None]) -> set[str]:

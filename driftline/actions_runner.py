@@ -56,7 +56,8 @@ async def serve(settings: Settings, dsn: str, group: str, settle: float = 2.0) -
     await consumer.start()
     wake = asyncio.Event()
     wake.set()  # one pass at start: catch up with whatever happened while we were down
-    async with store.BatchWriter(client, max_delay=0.2) as writer:
+    dead_letter = settings.data / "dead-letter.jsonl"
+    async with store.BatchWriter(client, max_delay=0.2, dead_letter=dead_letter) as writer:
         ctx = operations.Context(
             store=client,
             writer=writer,
@@ -68,9 +69,7 @@ async def serve(settings: Settings, dsn: str, group: str, settle: float = 2.0) -
         tasks = [
             asyncio.create_task(_doorbell(consumer, wake)),
             asyncio.create_task(
-                operations.remediate_forever(
-                    ctx, settings.actions_live, settings.actions_interval, wake, settle=settle
-                )
+                operations.remediate_forever(ctx, settings.schedule(settle=settle), wake)
             ),
         ]
         log.info(

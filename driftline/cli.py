@@ -458,8 +458,11 @@ def _cmd_mdm_import(args: argparse.Namespace) -> int:
 
 def _cmd_mdm_pull(args: argparse.Namespace) -> int:
     result = _operate(args, "mdm-pull", {"tenant": args.tenant})
-    print(json.dumps(result, indent=2))
-    return 0
+    for vendor, count in result["imported"].items():
+        print(f"{vendor}: {count} compliance records imported")
+    for vendor, why in result["errors"].items():
+        print(f"{vendor}: not pulled: {why}", file=sys.stderr)
+    return 1 if result["errors"] else 0
 
 
 def _cmd_actions_run(args: argparse.Namespace) -> int:

@@ -174,9 +174,7 @@ async def run(settings: Settings) -> None:
             wake.set()
 
     bus.subscribe(on_flag)
-    remediation = asyncio.create_task(
-        operations.remediate_forever(ctx, settings.actions_live, settings.actions_interval, wake)
-    )
+    remediation = asyncio.create_task(operations.remediate_forever(ctx, settings.schedule(), wake))
     admin_runner = await start_admin(settings, app)
     run_file(data).write_text(
         json.dumps({"pid": os.getpid(), "admin": f"http://{settings.host}:{settings.admin_port}"})

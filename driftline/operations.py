@@ -23,9 +23,10 @@ from clickhouse_connect.driver.client import Client
 from actions import compliance_csv
 from actions.executor import ExecutorOptions
 from actions.integrations import IntegrationStore
-from actions.mdm import Integration, MdmClient, MdmError
+from actions.mdm import Integration, MdmClient
 from actions.service import Remediation, client_for, push_policy
 from driftline.bus import Bus, Record
+from driftline.settings import Schedule
 from driftline.store import BatchWriter, query_dicts
 from schemas import topics
 from schemas.durations import parse_duration
@@ -117,13 +118,14 @@ async def mdm_pull(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     remediation = Remediation(
         ctx.store, ctx.integrations, ExecutorOptions(), ctx.audit, client_for=ctx.client_for
     )
-    try:
-        counts = await remediation.import_compliance(
-            tenant, lambda records: _store_compliance(ctx, records)
-        )
-    except MdmError as error:
-        raise ValueError(f"compliance pull failed: {type(error).__name__}: {error}") from None
-    return {"tenant": tenant, "imported": {vendor.value: n for vendor, n in counts.items()}}
+    counts, errors = await remediation.import_compliance(
+        tenant, lambda records: _store_compliance(ctx, records)
+    )
+    return {
+        "tenant": tenant,
+        "imported": {vendor.value: n for vendor, n in counts.items()},
+        "errors": {vendor.value: why for vendor, why in errors.items()},
+    }
 
 
 async def _store_compliance(ctx: Context, records: list[ComplianceRecord]) -> None:
@@ -252,7 +254,9 @@ async def run_local(
     client = await asyncio.to_thread(store.connect, dsn)
     try:
         await asyncio.to_thread(store.migrate, client)
-        async with BatchWriter(client, max_delay=0.05) as writer:
+        async with BatchWriter(
+            client, max_delay=0.05, dead_letter=data / "dead-letter.jsonl"
+        ) as writer:
             ctx = Context(
                 store=client,
                 writer=writer,
@@ -265,22 +269,32 @@ async def run_local(
         client.close()
 
 
-async def remediate_forever(
-    ctx: Context, live: bool, interval: float, wake: asyncio.Event, settle: float = 0.2
-) -> None:
-    """`driftline run`'s in-process actions stage: every ``interval``, or soon after new drift.
+async def remediate_forever(ctx: Context, schedule: Schedule, wake: asyncio.Event) -> None:
+    """The actions stage of a long-running process: tenants are those with an integration.
 
-    Tenants are those with an integration; each pass is dry-run unless ``live``. A failing pass
-    is logged and retried next time; it never stops the pipeline.
+    A failing pull or pass is logged and tried again next time; it never stops the process.
     """
+    pulled_at: float | None = None
+    loop = asyncio.get_running_loop()
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=interval)
+            await asyncio.wait_for(wake.wait(), timeout=schedule.interval)
         wake.clear()
-        await asyncio.sleep(settle)  # let a burst of flags land in the store before planning
-        for tenant in sorted({i.tenant_id for i in ctx.integrations.all()}):
+        await asyncio.sleep(schedule.settle)
+        tenants = sorted({i.tenant_id for i in ctx.integrations.all() if i.current is not None})
+        if pulled_at is None or loop.time() - pulled_at >= schedule.compliance_interval:
+            pulled_at = loop.time()
+            for tenant in tenants:
+                try:
+                    pulled = await mdm_pull(ctx, {"tenant": tenant})
+                except Exception:
+                    log.exception("compliance pull for tenant %s failed", tenant)
+                    continue
+                for vendor, why in pulled["errors"].items():
+                    log.warning("compliance of %s from %s not pulled: %s", tenant, vendor, why)
+        for tenant in tenants:
             try:
-                result = await actions_run(ctx, {"tenant": tenant, "live": live})
+                result = await actions_run(ctx, {"tenant": tenant, "live": schedule.live})
             except Exception:
                 log.exception("remediation pass for tenant %s failed", tenant)
                 continue

@@ -13,7 +13,8 @@ from typing import Any
 
 import faust
 
-from processors.faust_app import APP_ID, TopicNames, build, ensure_topics
+from processors.faust_app import APP_ID, build
+from processors.topology import TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
 

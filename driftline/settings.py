@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_IDENTITY_ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When `driftline run` / `actions serve` remediate and pull compliance on their own."""
+
+    live: bool = False
+    interval: float = 60.0  # seconds between passes; a raised flag wakes one sooner
+    compliance_interval: float = 900.0  # seconds between compliance pulls through the APIs
+    settle: float = 0.2  # after a wake-up, for a burst of flags to land in the store
 
 
 class Settings(BaseSettings):
@@ -44,6 +55,15 @@ class Settings(BaseSettings):
         False  # `driftline run` acts only when this is set (and integrations allow)
     )
     actions_interval: float = 60.0  # seconds between remediation passes (sooner on new drift)
+    compliance_interval: float = 900.0  # seconds between compliance pulls through MDM APIs
+
+    def schedule(self, settle: float = 0.2) -> Schedule:
+        return Schedule(
+            live=self.actions_live,
+            interval=self.actions_interval,
+            compliance_interval=self.compliance_interval,
+            settle=settle,
+        )
 
     @property
     def integrations_file(self) -> Path:

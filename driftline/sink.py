@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -47,6 +48,7 @@ class SinkOptions:
     max_rows: int = 5000  # BatchWriter batch size
     max_delay: float = 1.0  # BatchWriter: oldest buffered row waits at most this long
     max_pending_rows: int = 50_000  # BatchWriter backpressure
+    dead_letter: Path | None = None  # BatchWriter: JSON lines of rows ClickHouse refused
     revoke_flush_timeout: float = 10.0  # on rebalance: commit what can be written by then
     client_id: str = "driftline-sink"
 
@@ -85,6 +87,7 @@ class Sink:
             max_rows=self.options.max_rows,
             max_delay=self.options.max_delay,
             max_pending_rows=self.options.max_pending_rows,
+            dead_letter=self.options.dead_letter,
         )
         self._consumer: Any = None
         self._uncommitted: dict[TopicPartition, int] = {}  # next offset to read, per partition

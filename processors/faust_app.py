@@ -43,14 +43,16 @@ re-evaluation request for every local endpoint whose fingerprint is not the curr
 request travels through the co-partitioned ``driftline.reevaluate`` topic, so the re-evaluation
 runs in stream context like any event. It carries the policy record's timestamp as the
 effective time, so a replayed request yields the same flag ids.
+
+This module is the wiring and the agent; its parts live next to it: ``topology`` (topic names,
+creating topics), ``offsets`` (the per-partition offset record), ``policies`` (the policy cache,
+fingerprints, re-evaluation requests), ``detectors`` and ``codec`` (what an event does to a
+state, and how a state is stored).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -68,141 +70,18 @@ from pydantic import ValidationError
 
 from processors import codec
 from processors.detectors import apply, reevaluate
+from processors.offsets import Offsets, committed_offsets, highwater
+from processors.policies import Policies, ReevaluateRequest
 from processors.state import EndpointState
-from schemas import topics
+from processors.topology import TopicNames, partitions_of
 from schemas.messages import AuthEvent, DriftFlag, EndpointSnapshot
 from schemas.policy import TenantPolicy
 
 log = logging.getLogger(__name__)
 
 APP_ID: Final = "driftline-processors"
-REEVALUATE: Final = "driftline.reevaluate"
 TABLE: Final = "endpoint-state"
 _SWEEP_YIELD_EVERY: Final = 500  # keys between event-loop yields while sweeping a big table
-
-
-@dataclass(frozen=True, slots=True)
-class TopicNames:
-    """The topics one deployment uses; a prefix gives tests (or environments) their own set."""
-
-    snapshots: str = topics.SNAPSHOTS
-    auth_events: str = topics.AUTH_EVENTS
-    policy: str = topics.POLICY
-    flags: str = topics.FLAGS
-    reevaluate: str = REEVALUATE
-
-    @classmethod
-    def with_prefix(cls, prefix: str) -> TopicNames:
-        return cls(
-            snapshots=prefix + topics.SNAPSHOTS,
-            auth_events=prefix + topics.AUTH_EVENTS,
-            policy=prefix + topics.POLICY,
-            flags=prefix + topics.FLAGS,
-            reevaluate=prefix + REEVALUATE,
-        )
-
-    @property
-    def copartitioned(self) -> tuple[str, str, str]:
-        """The agent's inputs: they must have the table's partition count."""
-        return (self.snapshots, self.auth_events, self.reevaluate)
-
-
-# ------------------------------------------------------------------------------------- policy
-
-
-def fingerprint(policy: TenantPolicy) -> str:
-    """Identity of a policy's content; stored with each state (8 bytes: collisions don't matter
-    in practice, and one would only delay a re-evaluation until the next change)."""
-    return hashlib.blake2b(policy.to_json(), digest_size=8).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyEntry:
-    """A tenant's current policy; ``at`` is its record's timestamp (None: never published)."""
-
-    policy: TenantPolicy
-    fingerprint: str
-    at: datetime | None
-
-
-class Policies:
-    """tenant → current policy, as read from the policy topic; default policy for the rest."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, PolicyEntry] = {}
-        self._defaults: dict[str, PolicyEntry] = {}
-        self.ready = asyncio.Event()  # set once the topic was read up to its end at start-up
-
-    def get(self, tenant: str) -> PolicyEntry:
-        entry = self._entries.get(tenant)
-        if entry is not None:
-            return entry
-        default = self._defaults.get(tenant)
-        if default is None:
-            policy = TenantPolicy.default(tenant)
-            default = self._defaults[tenant] = PolicyEntry(policy, fingerprint(policy), None)
-        return default
-
-    def update(self, tenant: str, policy: TenantPolicy | None, at: datetime) -> bool:
-        """Install ``policy`` (None: the tenant's record was deleted); True if it changed.
-
-        The latest record wins even with a lower version: every worker reads the same log in
-        the same order, so they agree, which matters more than refusing a rollback.
-        """
-        new = policy if policy is not None else TenantPolicy.default(tenant)
-        current = self.get(tenant)
-        key = fingerprint(new)
-        if key == current.fingerprint:
-            return False
-        if new.version < current.policy.version:
-            log.warning(
-                "policy of tenant %s went back from version %d to %d",
-                tenant,
-                current.policy.version,
-                new.version,
-            )
-        self._entries[tenant] = PolicyEntry(new, key, at)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-# ------------------------------------------------------------------------------ re-evaluation
-
-
-@dataclass(frozen=True, slots=True)
-class ReevaluateRequest:
-    """Re-check one endpoint under the tenant policy fingerprinted ``policy``, effective ``at``."""
-
-    tenant_id: str
-    endpoint_id: str
-    policy: str
-    at: datetime
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "tenant_id": self.tenant_id,
-                "endpoint_id": self.endpoint_id,
-                "policy": self.policy,
-                "at": self.at.isoformat(),
-            },
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ReevaluateRequest:
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise ValueError("re-evaluation request is not an object")
-        at = datetime.fromisoformat(str(raw["at"]))
-        return cls(
-            tenant_id=str(raw["tenant_id"]),
-            endpoint_id=str(raw["endpoint_id"]),
-            policy=str(raw["policy"]),
-            at=at if at.tzinfo else at.replace(tzinfo=UTC),
-        )
 
 
 @dataclass(slots=True)
@@ -229,25 +108,6 @@ class Skip(ValueError):
 
 class Stale(Exception):
     """The event's partition moved to another worker while it was being handled."""
-
-
-@dataclass(slots=True)
-class Offsets:
-    """Per input partition of the current consumer generation: the next offset to process."""
-
-    generation: int = -1
-    next: dict[Any, int] = field(default_factory=dict)
-    committed: dict[Any, int] = field(default_factory=dict)
-    rewound_to: dict[Any, int] = field(default_factory=dict)
-    moved_at: dict[Any, float] = field(default_factory=dict)
-
-    def reset(self, generation: int, starts: dict[Any, int]) -> None:
-        now = time.monotonic()
-        self.generation = generation
-        self.next = dict(starts)
-        self.committed = dict(starts)
-        self.rewound_to = {}
-        self.moved_at = dict.fromkeys(starts, now)
 
 
 # ---------------------------------------------------------------------------------- the app
@@ -465,7 +325,7 @@ class Processors:
                 await consumer.stop()
 
     async def _follow_policies(self, consumer: Any) -> None:
-        partitions = await _partitions_of(self.bootstrap, self.names.policy)
+        partitions = await partitions_of(self.bootstrap, self.names.policy)
         tps = [TopicPartition(self.names.policy, partition) for partition in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -515,7 +375,7 @@ class Processors:
         sources = set(self.names.copartitioned)
         tps = {tp for tp in self.app.consumer.assignment() if tp.topic in sources}
         try:
-            committed = await self._committed(tps)
+            committed = await committed_offsets(self.bootstrap, self.app.conf.id, tps)
             missing = [tp for tp in tps if not committed.get(tp)]
             earliest = await self.app.consumer.earliest_offsets(*missing) if missing else {}
         except Exception as error:
@@ -531,26 +391,6 @@ class Processors:
         log.info("active partitions: %s", _ranges(self.active_partitions()))
         self._dirty_all = True
         self._sweep_wanted.set()
-
-    async def _committed(self, tps: set[Any]) -> dict[Any, int]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        if not tps:
-            return {}
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            found = await admin.list_consumer_group_offsets(
-                self.app.conf.id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps]
-            )
-        finally:
-            await admin.close()
-        by_name = {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
-        return {
-            tp: by_name[(tp.topic, tp.partition)]
-            for tp in tps
-            if by_name.get((tp.topic, tp.partition), -1) >= 0
-        }
 
     async def on_revoked(self, *_: Any, **__: Any) -> None:
         """Commit what this worker processed before its partitions move."""
@@ -589,7 +429,7 @@ class Processors:
             return
         now = time.monotonic()
         for tp, expected in list(offsets.next.items()):
-            end = _highwater(app.consumer, tp)
+            end = highwater(app.consumer, tp)
             if end is None or end <= expected:
                 continue
             if now - offsets.moved_at.get(tp, now) > self.stall_after:
@@ -763,84 +603,8 @@ def make_app(
     **options: Any,
 ) -> Any:
     """The Faust app (``faust.App``); options as for ``build``. Workers with the same ``app_id``
-    share the partitions. Create the topics first (``ensure_topics``)."""
+    share the partitions. Create the topics first (``topology.ensure_topics``)."""
     return build(bootstrap, app_id=app_id, data_dir=data_dir, partitions=partitions, **options).app
-
-
-# ------------------------------------------------------------------------------------ topics
-
-
-async def ensure_topics(
-    bootstrap: str, names: TopicNames, partitions: int, replication_factor: int = 1
-) -> None:
-    """Create missing topics; refuse to run on inputs whose partition count differs, because
-    co-partitioning (same key → same partition number in every input) is what keeps an
-    endpoint's events and state on one worker."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        wanted = (names.snapshots, names.auth_events, names.reevaluate, names.flags, names.policy)
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                name,
-                partitions,
-                replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if name == names.policy else {},
-            )
-            for name in wanted
-            if name not in existing
-        ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
-                await admin.create_topics(missing)
-        counts = await _partition_counts(admin, names.copartitioned)
-        wrong = {name: count for name, count in counts.items() if count != partitions}
-        if wrong:
-            raise ValueError(
-                f"topics {wrong} do not have {partitions} partitions: the processors need the "
-                "same partition count on every input (set --partitions to match)"
-            )
-    finally:
-        await admin.close()
-
-
-async def _partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
-    """Partition counts; a topic created a moment ago may show none for a while."""
-    for _ in range(50):
-        described = await admin.describe_topics(list(names))
-        counts = {topic["topic"]: len(topic["partitions"]) for topic in described}
-        if all(counts.values()):
-            break
-        await asyncio.sleep(0.1)
-    return counts
-
-
-async def _partitions_of(bootstrap: str, topic: str) -> list[int]:
-    """A topic's partitions, waiting for it to exist (listing first: describing a missing topic
-    may auto-create it with the broker's defaults)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        while topic not in await admin.list_topics():
-            log.info("waiting for topic %s", topic)
-            await asyncio.sleep(1.0)
-        [described] = await admin.describe_topics([topic])
-        return sorted(partition["partition"] for partition in described["partitions"])
-    finally:
-        await admin.close()
-
-
-def _highwater(consumer: Any, tp: Any) -> int | None:
-    try:
-        return consumer.highwater(tp)  # type: ignore[no-any-return]
-    except KafkaError:  # IllegalStateError: not assigned any more
-        return None
 
 
 def _first(error: ValidationError) -> str:

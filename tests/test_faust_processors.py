@@ -35,16 +35,10 @@ from driftline.sink import Sink, SinkOptions
 from driftline.store import connect, migrate
 from processors import codec
 from processors.detectors import apply
-from processors.faust_app import (
-    Policies,
-    Processors,
-    ReevaluateRequest,
-    Stale,
-    TopicNames,
-    ensure_topics,
-    fingerprint,
-)
+from processors.faust_app import Processors, Stale
+from processors.policies import Policies, ReevaluateRequest, fingerprint
 from processors.state import EndpointState, OpenFlag, intern_keys
+from processors.topology import TopicNames, ensure_topics
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 from schemas.policy import StaleTokenPolicy, TenantPolicy, ToolPolicy
 

@@ -290,6 +290,7 @@ async def test_update_profile_uploads_the_exact_bytes(
     assert profile["name"] == "Claude Code"
     assert profile["filename"] == "Claude Code.mobileconfig"
     assert profile["content_type"] == "application/x-apple-aspen-config"
+    assert emulator.blueprints["bp-1"]["library_items"] == ["li-1"]  # (re)assigned with it
 
 
 async def test_update_of_an_unknown_profile_is_rejected(emulator: IruEmulator) -> None:

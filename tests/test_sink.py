@@ -25,7 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from driftline.sink import Sink, SinkOptions, run_sink
 from driftline.store import Client, connect, migrate
-from processors.faust_app import TopicNames, ensure_topics
+from processors.topology import TopicNames, ensure_topics
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 
 pytestmark = pytest.mark.kafka

@@ -148,7 +148,7 @@ async def faust_throughput(count: int, endpoints: int, partitions: int = 12) -> 
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from processors.faust_app import TopicNames, ensure_topics
+    from processors.topology import TopicNames, ensure_topics
     from tests.support.kafka import kafka_bootstrap
 
     bootstrap = kafka_bootstrap()
