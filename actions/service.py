@@ -307,7 +307,6 @@ async def push_policy(
     last_pushed: Callable[[Vendor], str | None],
     *,
     live: bool,
-    force_sync_devices: Callable[[Integration], Awaitable[list[str]]] | None = None,
     client_for: Callable[[Integration], MdmClient] = client_for,
     now: datetime,
 ) -> list[PushEntry]:
@@ -358,11 +357,6 @@ async def push_policy(
             detail = f"{sent.request} -> {sent.status}"
             if sent.credential == "previous":
                 detail += "; previous credential (in grace) used"
-            if force_sync_devices is not None and integration.force_sync:
-                device_ids = await force_sync_devices(integration)
-                for device_id in device_ids:
-                    await client.force_sync(device_id)
-                detail += f"; force-synced {len(device_ids)} devices"
             entries.append(entry(integration, "pushed", detail))
         except MdmError as error:
             entries.append(entry(integration, "failed", f"{type(error).__name__}: {error}"))

@@ -20,18 +20,27 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from actions import compliance_csv
-from actions.executor import ExecutorOptions
+from actions import compliance_csv, planner
+from actions.executor import Executor, ExecutorOptions
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
-from actions.service import Remediation, client_for, push_policy
+from actions.service import PushEntry, Remediation, action_history, client_for, push_policy
 from driftline.bus import Bus, Record
 from driftline.settings import Schedule
 from driftline.store import BatchWriter, query_dicts
 from schemas import topics
 from schemas.durations import parse_duration
 from schemas.policy import TenantPolicy
-from schemas.remediation import AuditRecord, ComplianceRecord, Vendor
+from schemas.remediation import (
+    ActionKind,
+    AuditRecord,
+    ComplianceRecord,
+    Plan,
+    PlannedAction,
+    Reason,
+    ReasonSource,
+    Vendor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +158,6 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         ctx.data / "policy-push",
         lambda vendor: pushed.get(vendor.value),
         live=bool(args.get("live", False)),
-        force_sync_devices=_scoped_devices(ctx, tenant) if args.get("force_sync") else None,
         client_for=ctx.client_for,
         now=ctx.clock(),
     )
@@ -167,9 +175,14 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
                 "at": entry.at,
             },
         )
+    synced = None
+    if args.get("force_sync"):
+        pushed_now = [e for e in entries if e.outcome == "pushed"]
+        synced = await _force_sync_after_push(ctx, tenant, pushed_now, args)
     await ctx.writer.flush()
     return {
         "tenant": tenant,
+        "force_sync": synced,
         "entries": [
             {**entry.__dict__, "vendor": entry.vendor.value, "at": entry.at.isoformat()}
             for entry in entries
@@ -187,20 +200,61 @@ def _last_pushed(store: Client, tenant: str) -> dict[str, str]:
     return {row["vendor"]: row["digest"] for row in rows}
 
 
-def _scoped_devices(ctx: Context, tenant: str) -> Callable[[Any], Awaitable[list[str]]]:
-    """Devices to force-sync after a push: those the compliance import knows for the vendor."""
+async def _force_sync_after_push(
+    ctx: Context, tenant: str, pushed: list[PushEntry], args: dict[str, Any]
+) -> dict[str, int] | None:
+    """Force-sync the devices each updated MDM is known to hold, through the executor.
 
-    async def devices(integration: Any) -> list[str]:
+    So these syncs obey the same gate as any other (kill switch, grant, cooldown, cap) and are
+    audited the same way; the action id names the payload digest, so re-pushing the same policy
+    does not sync the same devices twice.
+    """
+    if not pushed:
+        return None
+    actions = []
+    for entry in pushed:
         rows = await asyncio.to_thread(
             query_dicts,
             ctx.store,
-            "SELECT DISTINCT device_id FROM compliance_records "
-            "WHERE tenant_id = {tenant:String} AND vendor = {vendor:String} ORDER BY device_id",
-            {"tenant": tenant, "vendor": integration.vendor.value},
+            "SELECT device_id, any(serial_number) AS serial FROM compliance_records "
+            "WHERE tenant_id = {tenant:String} AND vendor = {vendor:String} "
+            "GROUP BY device_id ORDER BY device_id",
+            {"tenant": tenant, "vendor": entry.vendor.value},
         )
-        return [row["device_id"] for row in rows]
-
-    return devices
+        reason = Reason(
+            source=ReasonSource.POLICY,
+            detail=f"policy v{entry.policy_version} pushed ({entry.digest[:12]})",
+            flag_id=None,
+        )
+        for row in rows:
+            actions.append(
+                PlannedAction(
+                    action_id=planner.action_id(
+                        tenant,
+                        entry.vendor,
+                        row["device_id"],
+                        ActionKind.FORCE_SYNC,
+                        [f"policy:{entry.digest}"],
+                    ),
+                    tenant_id=tenant,
+                    vendor=entry.vendor,
+                    device_id=row["device_id"],
+                    serial_number=row["serial"],
+                    endpoint_id=None,
+                    kind=ActionKind.FORCE_SYNC,
+                    reasons=(reason,),
+                )
+            )
+    options = executor_options(ctx, {**args, "live": True})
+    history = await asyncio.to_thread(
+        action_history, ctx.store, tenant, options.cooldown, ctx.clock()
+    )
+    integrations = {(i.tenant_id, i.vendor): i for i in ctx.integrations.for_tenant(tenant)}
+    executor = Executor(ctx.audit, ctx.client_for, options, ctx.clock)
+    report = await executor.execute(
+        Plan(actions=tuple(actions), unresolvable=()), history, integrations
+    )
+    return {"succeeded": report.succeeded, "failed": report.failed, "skipped": report.skipped}
 
 
 async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:

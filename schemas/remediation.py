@@ -59,6 +59,7 @@ class ActionKind(StrEnum):
 class ReasonSource(StrEnum):
     TELEMETRY = "telemetry"
     MDM = "mdm"
+    POLICY = "policy"  # a policy push asked devices to pick up the new profile now
 
 
 class Reason(Message):

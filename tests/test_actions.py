@@ -320,3 +320,28 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
         assert token not in out.decode() + err.decode()
     finally:
         await emulator.stop()
+
+
+async def test_policy_push_with_force_sync_goes_through_the_gate_and_the_audit(
+    world: World,
+) -> None:
+    world.emulator.add_profile("li-claude")
+    world.policies["acme"] = TenantPolicy(tenant="acme", managed_settings={"env": {"A": "1"}})
+    rows = "".join(f"{device},{serial},success\n" for serial, device in world.devices.items())
+    await operations.run_operation(
+        world.ctx,
+        "mdm-import",
+        {"tenant": "acme", "vendor": "iru", "csv": "Device ID,Serial Number,Status\n" + rows},
+    )
+    args = {"tenant": "acme", "live": True, "force_sync": True}
+    result = await operations.run_operation(world.ctx, "policy-push", args)
+    assert result["force_sync"] == {"succeeded": 2, "failed": 0, "skipped": 0}
+    assert sorted(world.emulator.blank_pushes) == sorted(world.devices.values())
+    reasons = world.ctx.store.query(
+        "SELECT DISTINCT reason FROM remediation_audit WHERE state = 'succeeded'"
+    ).result_rows
+    assert reasons == [(f"policy v0 pushed ({result['entries'][0]['digest'][:12]})",)]
+
+    again = await operations.run_operation(world.ctx, "policy-push", args)
+    assert again["entries"][0]["outcome"] == "unchanged" and again["force_sync"] is None
+    assert len(world.emulator.blank_pushes) == 2
