@@ -316,7 +316,11 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     serve(
         settings.bootstrap,
         args.clickhouse or f"chdb://{store_path(settings.data).resolve()}",
-        SinkOptions(group_id=args.group, dead_letter=dead_letter_path(settings.data)),
+        SinkOptions(
+            group_id=args.group,
+            dead_letter=dead_letter_path(settings.data),
+            last_seen_resolution=settings.last_seen_resolution,
+        ),
     )
     return 0
 

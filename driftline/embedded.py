@@ -51,10 +51,17 @@ def run_file(data: Path) -> Path:
 class Pipeline:
     """Detectors and store behind the in-process bus."""
 
-    def __init__(self, engine: DriftEngine, writer: store.BatchWriter, bus: MemoryBus) -> None:
+    def __init__(
+        self,
+        engine: DriftEngine,
+        writer: store.BatchWriter,
+        bus: MemoryBus,
+        heartbeats: store.Heartbeats | None = None,
+    ) -> None:
         self.engine = engine
         self.writer = writer
         self.bus = bus
+        self.heartbeats = heartbeats or store.Heartbeats(0)
         bus.subscribe(self.on_record)
 
     async def on_record(self, record: Record) -> None:
@@ -66,7 +73,13 @@ class Pipeline:
         else:
             return
         flags = self.engine.on_event(event)
-        await self.writer.add_durably([event, *flags])
+        if isinstance(event, EndpointSnapshot):
+            if not flags and not self.heartbeats.needed(event):
+                return  # the store already has this state, seen recently enough
+            await self.writer.add_durably([event, *flags])
+            self.heartbeats.stored(event)
+        else:
+            await self.writer.add_durably([event, *flags])
         await self._announce(flags)
 
     async def apply_policies(self, directory: PolicyDirectory) -> None:
@@ -148,7 +161,7 @@ async def run(settings: Settings) -> None:
     log.info("recovered %d endpoint states from %s", len(engine.states), store_path(data))
     writer = store.BatchWriter(client, max_delay=0.05, dead_letter=dead_letter_path(data))
     bus = MemoryBus(keep=1000)
-    pipeline = Pipeline(engine, writer, bus)
+    pipeline = Pipeline(engine, writer, bus, store.Heartbeats(settings.last_seen_resolution))
     directory = PolicyDirectory(data / "policies")
     await pipeline.apply_policies(directory)
     watcher = asyncio.create_task(_watch_policies(pipeline, directory))

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     identity_attributes: tuple[str, ...] = DEFAULT_IDENTITY_ATTRIBUTES
     max_inflight: int = 4096
     publish_timeout: float = 5.0
+    # a repeated, unchanged snapshot is stored at most once per this many seconds per endpoint
+    last_seen_resolution: float = Field(60.0, ge=0)
     auth_event_interval: float = 10.0  # at most one AuthEvent per endpoint, reason and token
 
     # tokens

@@ -28,7 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from driftline.store import BatchWriter, Client, StoreMessage, connect, migrate
+from driftline.store import BatchWriter, Client, Heartbeats, StoreMessage, connect, migrate
 from schemas import topics
 from schemas.messages import AuthEvent, DriftFlag, EndpointSnapshot
 
@@ -46,9 +46,10 @@ class SinkOptions:
     commit_interval: float = 2.0  # flush + commit at least this often while rows arrive
     commit_rows: int = 20_000  # … and whenever this many rows wait for a commit
     max_rows: int = 5000  # BatchWriter batch size
-    max_delay: float = 1.0  # BatchWriter: oldest buffered row waits at most this long
+    max_delay: float = 0.25  # BatchWriter: oldest buffered row waits at most this long (latency)
     max_pending_rows: int = 50_000  # BatchWriter backpressure
     dead_letter: Path | None = None  # BatchWriter: JSON lines of rows ClickHouse refused
+    last_seen_resolution: float = 60.0  # store.Heartbeats: unchanged snapshots, at most this often
     revoke_flush_timeout: float = 10.0  # on rebalance: commit what can be written by then
     client_id: str = "driftline-sink"
 
@@ -89,6 +90,7 @@ class Sink:
             max_pending_rows=self.options.max_pending_rows,
             dead_letter=self.options.dead_letter,
         )
+        self.heartbeats = Heartbeats(self.options.last_seen_resolution)
         self._consumer: Any = None
         self._uncommitted: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._uncommitted_rows = 0
@@ -143,6 +145,10 @@ class Sink:
                 _short(error),
             )
             return
+        if isinstance(message, EndpointSnapshot):
+            if not self.heartbeats.needed(message):
+                return  # its offset is committed with the rest: nothing of it is missing
+            self.heartbeats.stored(message)
         await self.writer.add(message)
         self._uncommitted_rows += 1
 

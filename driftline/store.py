@@ -322,6 +322,46 @@ def state_hash(snapshot: EndpointSnapshot) -> int:
     return int.from_bytes(digest, "big")
 
 
+class Heartbeats:
+    """Which snapshots the store needs: "latest per endpoint plus changes, not every export".
+
+    A laptop re-exports the same resource every few seconds. Its row in ``endpoint_states``
+    changes only by ``last_seen``, so a snapshot is written when its state is new for the
+    endpoint, or when the stored sighting is ``resolution`` seconds old (by receipt time);
+    the rest are acknowledged without a write. ``last_seen`` in the store thus trails by at
+    most ``resolution``; ``0`` writes every snapshot. Concurrent duplicates merge in the table,
+    so the check needs no lock. Memory: one small tuple per endpoint, at most ``max_endpoints``
+    (oldest forgotten first: a forgotten endpoint is just written again).
+    """
+
+    def __init__(self, resolution: float, max_endpoints: int = 1_000_000) -> None:
+        self.resolution = resolution
+        self.max_endpoints = max_endpoints
+        self.skipped = 0
+        self._stored: dict[str, tuple[int, datetime]] = {}
+
+    def needed(self, snapshot: EndpointSnapshot) -> bool:
+        if self.resolution <= 0:
+            return True
+        stored = self._stored.get(snapshot.endpoint_id)
+        if (
+            stored is not None
+            and stored[0] == state_hash(snapshot)
+            and (snapshot.received_at - stored[1]).total_seconds() < self.resolution
+        ):
+            self.skipped += 1
+            return False
+        return True
+
+    def stored(self, snapshot: EndpointSnapshot) -> None:
+        if self.resolution <= 0:
+            return
+        stored = self._stored.pop(snapshot.endpoint_id, None)  # re-insert: newest last
+        if stored is None and len(self._stored) >= self.max_endpoints:
+            del self._stored[next(iter(self._stored))]
+        self._stored[snapshot.endpoint_id] = (state_hash(snapshot), snapshot.received_at)
+
+
 def _values_for(message: StoreMessage) -> tuple[str, list[Any]]:
     """Table and values in TABLE_COLUMNS order: the writer's hot path, no dict in between."""
     if isinstance(message, EndpointSnapshot):
@@ -464,14 +504,16 @@ class WriterClosed(RuntimeError):
 class _Buffer:
     rows: list[list[Any]] = field(default_factory=list)
     since: float = 0.0  # monotonic time of the oldest buffered row
+    landed: asyncio.Future[None] | None = None  # for add_durably: set once these rows are written
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Batch:
     number: int
     table: str
     rows: list[list[Any]]
     token: str  # the same on every retry, so a retry of a batch that did land is dropped
+    landed: asyncio.Future[None] | None  # the buffer's, carried over when it was sealed
 
 
 class BatchWriter:
@@ -537,9 +579,6 @@ class BatchWriter:
         self._sealed = 0  # number of the last sealed batch
         self._written = 0  # batches are written in order, so this is a high-water mark
         self._column_types: dict[str, list[str]] = {}
-        self._added_per_table: dict[str, int] = {}
-        self._written_per_table: dict[str, int] = {}
-        self._durable_waiters: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
@@ -605,7 +644,6 @@ class BatchWriter:
             buffer.since = time.monotonic()
             self._wake.set()  # the worker must learn the new deadline
         buffer.rows.append(values)
-        self._added_per_table[table] = self._added_per_table.get(table, 0) + 1
         self._pending += 1
         self.rows_added += 1
         if len(buffer.rows) >= self.max_rows:
@@ -616,41 +654,36 @@ class BatchWriter:
         """Add, then return once every one of these rows is written (group commit).
 
         Concurrent callers share batches, so ``max_delay`` bounds the wait and the insert rate.
-        Rows of one table are sealed and written in order, so waiting for a table's row count
-        to pass our row is enough; waiters queue per table in that order and only the ones
-        whose rows landed are woken. A rejected row counts as done: it is in the dead-letter
-        file, and waiting for it would wait forever.
+        Every caller whose rows went into one batch waits on that batch's one future, so a
+        thousand callers per batch cost a thousand wake-ups, not a thousand futures and
+        gathers. A rejected row counts as done: it is in the dead-letter file, and waiting for
+        it would wait forever.
         """
-        marks: dict[str, int] = {}
+        landings: list[asyncio.Future[None]] = []
         for message in messages:
             table, values = _values_for(message)
             await self._add(table, values)
-            marks[table] = self._added_per_table[table]
-        loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[None]] = []
-        for table, mark in marks.items():
-            if self._written_per_table.get(table, 0) >= mark:
-                continue
-            future: asyncio.Future[None] = loop.create_future()
-            self._durable_waiters.setdefault(table, deque()).append((mark, future))
-            waits.append(future)
-        if waits:
-            await asyncio.gather(*waits)
+            landed = self._landing_of_last_row(table)
+            if not landings or landings[-1] is not landed:
+                landings.append(landed)
+        for landed in landings:
+            await landed
 
-    def _release_waiters(self, table: str) -> None:
-        waiters = self._durable_waiters.get(table)
-        written = self._written_per_table.get(table, 0)
-        while waiters and waiters[0][0] <= written:
-            _, future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)
+    def _landing_of_last_row(self, table: str) -> asyncio.Future[None]:
+        """The future of the batch holding the row just added to ``table`` (no await since)."""
+        holder: _Buffer | _Batch = self._buffers[table]
+        if not holder.rows:  # the add filled the buffer and sealed it: it is the newest batch
+            holder = self._ready[-1]
+        if holder.landed is None:
+            holder.landed = asyncio.get_running_loop().create_future()
+        return holder.landed
 
     def _fail_waiters(self) -> None:
-        for waiters in self._durable_waiters.values():
-            while waiters:
-                _, future = waiters.popleft()
-                if not future.done():
-                    future.set_exception(WriterClosed("store writer closed before the write"))
+        holders: list[_Buffer | _Batch] = [*self._buffers.values(), *self._ready]
+        for holder in holders:
+            if holder.landed is not None and not holder.landed.done():
+                holder.landed.set_exception(WriterClosed("store writer closed before the write"))
+                holder.landed.exception()  # retrieved: nobody may be waiting any more
 
     async def flush(self) -> None:
         """Write (or reject) everything added so far; waits while ClickHouse is unavailable."""
@@ -701,9 +734,10 @@ class BatchWriter:
         if buffer is None or not buffer.rows:
             return
         number = next(self._numbers)
-        self._ready.append(_Batch(number, table, buffer.rows, uuid.uuid4().hex))
+        self._ready.append(_Batch(number, table, buffer.rows, uuid.uuid4().hex, buffer.landed))
         self._sealed = number
         buffer.rows = []
+        buffer.landed = None
 
     def _seal_due(self) -> float | None:
         """Seal buffers whose oldest row waited max_delay; return seconds to the next deadline.
@@ -736,10 +770,8 @@ class BatchWriter:
                 self._pending -= len(batch.rows)
                 self._written = batch.number
                 # rejected rows are done too (dead-lettered): their waiters must not hang
-                self._written_per_table[batch.table] = self._written_per_table.get(
-                    batch.table, 0
-                ) + len(batch.rows)
-                self._release_waiters(batch.table)
+                if batch.landed is not None and not batch.landed.done():
+                    batch.landed.set_result(None)
                 self.rows_written += len(batch.rows) - rejected
                 self.batches_written += 1
                 self._progress.set()

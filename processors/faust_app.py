@@ -10,8 +10,13 @@ Delivery is at-least-once (DESIGN.md: Faust's exactly-once and GlobalTable are a
 - A state is written to the table only after its flags are acknowledged by Kafka. A worker
   killed at any point therefore leaves a changelog whose latest state never runs ahead of the
   flags it implies; the new owner replays the uncommitted events on that state and re-emits at
-  most what may already have been sent. Flags are transitions with deterministic ids, so those
-  replays are duplicates of the same (flag_id, state), never new ones.
+  most what may already have been sent. Flags go out at once; their acks are awaited per
+  *batch* of events (``settle``: every ``settle_every`` events, before each commit, and at
+  least every ``commit_interval``), and until then the batch's states wait in an overlay that
+  later events of the same endpoint read, and its offsets are not committed. Waiting per event
+  made one produce round trip per flag the worker's pace when many endpoints drift at once.
+  Flags are transitions with deterministic ids, so replays are duplicates of the same
+  (flag_id, state), never new ones.
 - Any unexpected error crashes the worker instead of skipping the event; a restart replays from
   the last commit. Only messages that can never be processed (undecodable, or whose key does not
   name the endpoint in the value) are logged, counted and skipped.
@@ -114,6 +119,16 @@ class Stale(Exception):
 
 
 @dataclass
+class _Batch:
+    """Events handled since the last settle: flag acks outstanding, state writes and offsets
+    held until they arrive (the invariant above, per batch instead of per event)."""
+
+    acks: list[asyncio.Future[Any]] = field(default_factory=list)
+    stores: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # key, value, generation
+    messages: list[Any] = field(default_factory=list)  # whose offsets may be committed after
+
+
+@dataclass
 class Processors:
     """The Faust app and the parts tests and the runner look at."""
 
@@ -131,7 +146,11 @@ class Processors:
     commit_interval: float = 1.0
     stall_after: float = 3.0
     offsets: Offsets = field(default_factory=Offsets)
+    settle_every: int = 256
     _commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _settle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _batch: _Batch = field(default_factory=_Batch)
+    _overlay: dict[bytes, bytes] = field(default_factory=dict)  # states not yet in the table
     _sweep_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _partitioner: DefaultPartitioner = field(default_factory=DefaultPartitioner)
 
@@ -166,6 +185,44 @@ class Processors:
                 await self.app.crash(error)
                 return
             self._advance(message)
+            self._batch.messages.append(message)
+            if len(self._batch.messages) >= self.settle_every and not await self._settled():
+                return
+
+    async def _settled(self) -> bool:
+        """Settle the batch; on failure crash the worker (the restart replays) and say so."""
+        try:
+            await self.settle()
+        except Exception as error:
+            log.exception("flags were not acknowledged")
+            await self.app.crash(error)
+            return False
+        return True
+
+    async def settle(self) -> None:
+        """Await the batch's flag acks, then write its states and let its offsets be committed.
+
+        Batches settle one at a time and in order, so an endpoint's table value only moves
+        forward. States of a previous consumer generation are dropped, not written: their
+        partition moved, and the new owner replays those events.
+        """
+        async with self._settle_lock:
+            batch, self._batch = self._batch, _Batch()
+            if batch.acks:
+                await asyncio.gather(*batch.acks)
+            generation = self.app.consumer_generation_id
+            for key, value, stored_generation in batch.stores:
+                # the generation, not ``rebalancing``: a revoke settles events handled before
+                # it, as their writes would have been made before it had they not waited
+                if stored_generation == generation:
+                    self.table[key] = value
+                    self.stats.state_writes += 1
+                if self._overlay.get(key) is value:
+                    del self._overlay[key]
+            offsets = self.offsets
+            for message in batch.messages:
+                if message.generation_id == offsets.generation:
+                    offsets.settled[message.tp] = message.offset + 1
 
     async def _admit(self, message: Any) -> bool:
         """Whether ``message`` is the next one of its partition; rewinds over lost ones."""
@@ -276,15 +333,15 @@ class Processors:
         self._store(key, state, entry.fingerprint, generation)
 
     async def _emit(self, key: bytes, flags: list[DriftFlag]) -> None:
-        """Send flags and wait for their acks: the state that implies them is written after."""
-        if not flags:
-            return
-        pending = [await self.flags_topic.send(key=key, value=flag.to_json()) for flag in flags]
-        await asyncio.gather(*pending)
+        """Send flags; their acks are awaited by ``settle``, before the state is written."""
+        for flag in flags:
+            self._batch.acks.append(await self.flags_topic.send(key=key, value=flag.to_json()))
         self.stats.flags += len(flags)
 
     def _load(self, key: bytes) -> codec.Stored | None:
-        value = self.table.get(key)
+        value = self._overlay.get(key)
+        if value is None:
+            value = self.table.get(key)
         if value is None:
             return None
         try:
@@ -298,8 +355,9 @@ class Processors:
     def _store(self, key: bytes, state: EndpointState, policy: str, generation: int) -> None:
         if generation != self.app.consumer_generation_id or self.app.rebalancing:
             raise Stale  # a worker losing the partition must not write its changelog
-        self.table[key] = codec.encode(state, policy)
-        self.stats.state_writes += 1
+        value = codec.encode(state, policy)
+        self._overlay[key] = value  # what later events of this endpoint see until settled
+        self._batch.stores.append((key, value, generation))
 
     # -------------------------------------------------------------------------------- policy
 
@@ -397,13 +455,15 @@ class Processors:
         await self.commit()
 
     async def commit(self) -> None:
-        """Flush the producer, then commit the offsets after every event processed so far."""
+        """Settle, flush the producer, then commit the offsets after every settled event."""
         async with self._commit_lock:
+            if not await self._settled():
+                return
             offsets = self.offsets
             generation = offsets.generation
             pending = {
                 tp: offset
-                for tp, offset in offsets.next.items()
+                for tp, offset in offsets.settled.items()
                 if offsets.committed.get(tp) != offset
             }
             if not pending:
@@ -545,7 +605,12 @@ def build(
         "value_serializer": "raw",
     }
     source = app.topic(*names.copartitioned, partitions=partitions, acks=False, **raw)
-    table = app.Table(TABLE, partitions=partitions, key_type=bytes, value_type=bytes)  # raw
+    # use_partitioner: a changelog record's partition comes from its key (murmur2, as ingest
+    # produces the inputs), not from the event being processed, so ``settle`` can write states
+    # of a batch after their flags are acked; the partitions are the same either way
+    table = app.Table(
+        TABLE, partitions=partitions, key_type=bytes, value_type=bytes, use_partitioner=True
+    )  # raw
     processors = Processors(
         app=app,
         bootstrap=bootstrap,

@@ -3,9 +3,9 @@
 Faust 0.15 can acknowledge records nobody processed around rebalances (see ``faust_app``), so
 the inputs are declared without Faust acks and ``Processors`` tracks, per partition of the
 current consumer generation, the next offset it must process (``Offsets``). It starts at the
-group's committed offset (``committed_offsets``), moves one event at a time, is compared with
-the partition's end (``highwater``) to find partitions that stopped short, and is what gets
-committed.
+group's committed offset (``committed_offsets``), moves one event at a time, and is compared
+with the partition's end (``highwater``) to find partitions that stopped short. What gets
+committed trails it: ``settled`` moves once a batch of events is settled.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from aiokafka.structs import TopicPartition
 
 @dataclass(slots=True)
 class Offsets:
-    """Per input partition of the current consumer generation: the next offset to process."""
+    """Per input partition of the current consumer generation: the next offset to process,
+    and the next one whose predecessors are *settled* (flags acked, states written): only
+    those may be committed."""
 
     generation: int = -1
     next: dict[Any, int] = field(default_factory=dict)
+    settled: dict[Any, int] = field(default_factory=dict)
     committed: dict[Any, int] = field(default_factory=dict)
     rewound_to: dict[Any, int] = field(default_factory=dict)
     moved_at: dict[Any, float] = field(default_factory=dict)
@@ -32,6 +35,7 @@ class Offsets:
         now = time.monotonic()
         self.generation = generation
         self.next = dict(starts)
+        self.settled = dict(starts)
         self.committed = dict(starts)
         self.rewound_to = {}
         self.moved_at = dict.fromkeys(starts, now)

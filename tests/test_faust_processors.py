@@ -321,18 +321,39 @@ async def test_records_expired_before_processing_are_skipped_not_rewound_forever
     assert app.consumer.seeks == [(tp, 21)]
 
 
-def test_a_worker_losing_the_partition_does_not_write_state() -> None:
+async def test_a_worker_losing_the_partition_does_not_write_state() -> None:
     processors, app = guarded(0)
     state = EndpointState(tenant_id="acme", endpoint_id="acme/A", last_event_at=T0)
     processors._store(b"acme/A", state, "p", generation=3)
+    assert processors._load(b"acme/A") is not None  # later events see it before it settles
+    assert list(processors.table) == []  # ... but it waits for its batch's flag acks
+    await processors.settle()
+    assert list(processors.table) == [b"acme/A"]
     app.rebalancing = True
     with pytest.raises(Stale):
         processors._store(b"acme/B", state, "p", generation=3)
     app.rebalancing = False
-    app.consumer_generation_id = 4
+    processors._store(b"acme/C", state, "p", generation=3)
+    app.consumer_generation_id = 4  # the partition moved before the batch settled
     with pytest.raises(Stale):
-        processors._store(b"acme/C", state, "p", generation=3)
-    assert list(processors.table) == [b"acme/A"]
+        processors._store(b"acme/D", state, "p", generation=3)
+    await processors.settle()
+    assert list(processors.table) == [b"acme/A"]  # C was dropped: its new owner replays it
+    assert processors._load(b"acme/C") is None
+
+
+async def test_offsets_are_committable_only_once_their_batch_settled() -> None:
+    processors, _ = guarded(10)
+    tp = ("snapshots", 0)
+    for offset in (10, 11):
+        message = FakeMessage(tp, offset)
+        assert await processors._admit(message)
+        processors._advance(message)
+        processors._batch.messages.append(message)
+    assert processors.offsets.next[tp] == 12  # the guard moves on at once
+    assert processors.offsets.settled[tp] == 10  # nothing may be committed yet
+    await processors.settle()
+    assert processors.offsets.settled[tp] == 12
 
 
 # ----------------------------------------------------------------------------- kafka helpers

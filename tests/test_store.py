@@ -26,6 +26,7 @@ from driftline.store import (
     DEFAULT_TTL_DAYS,
     BatchWriter,
     Client,
+    Heartbeats,
     Migration,
     WriterClosed,
     _about_data,
@@ -764,3 +765,42 @@ def test_chdb_path_is_locked_against_a_second_process(dsn: str, bare: Client) ->
     )
     assert result.returncode != 0
     assert "Another server instance in same directory is already running" in result.stderr
+
+
+def _beat(endpoint: str, version: str, second: float) -> EndpointSnapshot:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(seconds=second)
+    return EndpointSnapshot(
+        tenant_id="acme",
+        endpoint_id=endpoint,
+        service_name="claude-code",
+        app_version=version,
+        team_id="web",
+        serial_number=None,
+        resource_attributes={"service.version": version},
+        signal=Signal.METRICS,
+        observed_at=at,
+        received_at=at,
+    )
+
+
+def test_heartbeats_store_new_states_and_a_sighting_per_resolution() -> None:
+    beats = Heartbeats(resolution=60)
+    first = _beat("acme/a", "2.0.1", 0)
+    assert beats.needed(first)
+    beats.stored(first)
+    assert not beats.needed(_beat("acme/a", "2.0.1", 59.9))  # same state, recent sighting
+    assert beats.needed(_beat("acme/a", "2.0.2", 1))  # a change is always stored
+    assert beats.needed(_beat("acme/b", "2.0.1", 1))  # another endpoint
+    assert beats.needed(_beat("acme/a", "2.0.1", 60))  # the sighting is due
+    assert beats.skipped == 1
+
+
+def test_heartbeats_off_and_bounded() -> None:
+    off = Heartbeats(resolution=0)
+    off.stored(_beat("acme/a", "2.0.1", 0))
+    assert off.needed(_beat("acme/a", "2.0.1", 1))
+    bounded = Heartbeats(resolution=60, max_endpoints=2)
+    for name in ("a", "b", "c"):
+        bounded.stored(_beat(f"acme/{name}", "2.0.1", 0))
+    assert bounded.needed(_beat("acme/a", "2.0.1", 1))  # forgotten first: written again
+    assert not bounded.needed(_beat("acme/c", "2.0.1", 1))

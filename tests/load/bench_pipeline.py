@@ -57,8 +57,12 @@ def snapshot(laptop: Laptop, at: datetime) -> EndpointSnapshot:
     )  # fmt: skip
 
 
-async def embedded_throughput(count: int, endpoints: int, concurrency: int) -> float:
-    """Snapshots/s through one embedded worker's pipeline, as concurrent requests drive it."""
+async def embedded_throughput(
+    count: int, endpoints: int, concurrency: int, resolution: float = 0.0
+) -> tuple[float, int]:
+    """Snapshots/s through one embedded worker's pipeline, as concurrent requests drive it,
+    and how many rows it wrote. ``resolution`` is `last_seen_resolution`: 0 writes every
+    snapshot (the worst case), the default skips unchanged re-exports."""
     laptops = fleet(endpoints)
     start = datetime.now(UTC)
     records = [
@@ -72,7 +76,7 @@ async def embedded_throughput(count: int, endpoints: int, concurrency: int) -> f
         engine = DriftEngine()
         engine.set_policy(POLICY, start)
         writer = store.BatchWriter(client, max_delay=0.02)
-        pipeline = Pipeline(engine, writer, MemoryBus(keep=1))
+        pipeline = Pipeline(engine, writer, MemoryBus(keep=1), store.Heartbeats(resolution))
         queue = iter(records)
 
         async def feeder() -> None:
@@ -84,7 +88,7 @@ async def embedded_throughput(count: int, endpoints: int, concurrency: int) -> f
         elapsed = time.perf_counter() - began
         await writer.close()
         client.close()
-    return count / elapsed
+    return count / elapsed, writer.rows_written
 
 
 def state_bytes_per_endpoint(endpoints: int) -> float:
@@ -135,6 +139,98 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
         "p99": result["p99_ms"],
         "rss": rss,
     }
+
+
+def kafka_latency(rate: float, seconds: float) -> dict[str, float]:
+    """Telemetry → flag in ClickHouse through the Kafka deployment, all of it on this machine.
+
+    A fresh broker (empty topics), `driftline ingest --bus kafka`, one Faust worker and the
+    sink; the load generator sends one export per laptop at ``rate``. Latency per flag is its
+    ClickHouse insert time (``drift_flags.recorded_at``) minus the receipt of the export that
+    raised it (``endpoint_states.last_received``): both server clocks of this machine.
+    """
+    from driftline import kafka_local
+
+    data = Path(tempfile.mkdtemp(prefix="driftline-bench-kafka-"))
+    broker_dir = data / "kafka"
+    bootstrap = kafka_local.up(port=free_port(), data_dir=broker_dir)
+    _, token = TokenStore(data / "tokens.db").create("bench")
+    policy = data / "policy.json"
+    policy.write_text(POLICY.model_copy(update={"version": 0}).to_json().decode())
+    cli = [sys.executable, "-m", "driftline.cli"]
+    kafka = ["--bus", "kafka", "--bootstrap", bootstrap]
+    subprocess.run([*cli, "policy", "set", str(policy), "--data", str(data), *kafka], check=True)
+    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
+    payloads = data / "exports.bin"
+    write_payloads(payloads, int(rate * (seconds + 2)))  # every export a laptop's first
+    dsn = f"chdb://{data / 'clickhouse'}"
+    processes: list[subprocess.Popen[bytes]] = []
+    with (data / "run.log").open("wb") as log:
+
+        def start(*args: str) -> subprocess.Popen[bytes]:
+            process = subprocess.Popen([*cli, *args], stdout=log, stderr=subprocess.STDOUT)
+            processes.append(process)
+            return process
+
+        try:
+            ingest = start(
+                "ingest", "--data", str(data), *kafka, "--workers", "1",
+                "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
+                "--admin-port", str(ports["admin"]),
+            )  # fmt: skip
+            start("processors", "worker", "--data", str(data), "--bootstrap", bootstrap)
+            sink = start("sink", "--data", str(data), "--bootstrap", bootstrap, "--clickhouse", dsn)
+            wait_ready(ports["admin"], ingest)
+            time.sleep(10)  # the worker joins its group and the sink subscribes
+            result = run_load(
+                build_generator(), payloads, "http", ports["http"], token, seconds,
+                rate=rate, connections=32,
+            )  # fmt: skip
+            time.sleep(8)  # the last flags through the worker and the sink's batch
+            hops = asyncio.run(_kafka_hops(bootstrap))
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(60)
+            kafka_local.down(broker_dir)
+    assert sink.returncode is not None
+    client = store.connect(dsn)
+    try:
+        (row,) = client.query(
+            "SELECT count(), quantile(0.5)(ms), quantile(0.99)(ms) FROM ("
+            "SELECT dateDiff('millisecond', e.received, f.recorded_at) AS ms FROM "
+            "(SELECT endpoint_id, recorded_at FROM drift_flags FINAL WHERE state = 'raised') AS f "
+            "JOIN (SELECT endpoint_id, max(last_received) AS received FROM endpoint_states "
+            "GROUP BY endpoint_id) AS e ON e.endpoint_id = f.endpoint_id)"
+        ).result_rows
+    finally:
+        client.close()
+    return {"rate": result["rate"], "flags": row[0], "p50": row[1], "p99": row[2], **hops}
+
+
+async def _kafka_hops(bootstrap: str) -> dict[str, float]:
+    """Median ms from a snapshot's append to the log to its flag's (Kafka log timestamps)."""
+    from aiokafka import AIOKafkaConsumer
+
+    appended: dict[str, dict[bytes, int]] = {topics.SNAPSHOTS: {}, topics.FLAGS: {}}
+    consumer = AIOKafkaConsumer(
+        *appended, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=2000, max_records=10_000)
+            if not batches:
+                break
+            for messages in batches.values():
+                for message in messages:
+                    appended[message.topic].setdefault(message.key, message.timestamp)
+    finally:
+        await consumer.stop()
+    snapshots, flags = appended[topics.SNAPSHOTS], appended[topics.FLAGS]
+    gaps = sorted(flags[key] - snapshots[key] for key in flags if key in snapshots)
+    return {"processor_p50": gaps[len(gaps) // 2] if gaps else float("nan")}
 
 
 async def faust_throughput(count: int, endpoints: int, partitions: int = 12) -> float:
@@ -211,11 +307,15 @@ def main() -> None:
     parser.add_argument("--faust-snapshots", type=int, default=30_000)
     args = parser.parse_args()
     print("bench-pipeline (one worker each)")
-    throughput = asyncio.run(embedded_throughput(args.snapshots, args.endpoints, args.concurrency))
-    print(
-        f"  embedded: {throughput:,.0f} snapshots/s "
-        f"({args.snapshots:,} snapshots over {args.endpoints:,} endpoints, durable in chDB)"
-    )
+    for resolution, what in ((0.0, "every snapshot written"), (60.0, "re-exports coalesced")):
+        throughput, rows = asyncio.run(
+            embedded_throughput(args.snapshots, args.endpoints, args.concurrency, resolution)
+        )
+        print(
+            f"  embedded, {what}: {throughput:,.0f} snapshots/s ({args.snapshots:,} snapshots "
+            f"over {args.endpoints:,} endpoints, {rows:,} rows durable in chDB, "
+            f"{args.concurrency} concurrent)"
+        )
     per_endpoint = state_bytes_per_endpoint(args.state_endpoints)
     print(f"  state: {per_endpoint:,.0f} bytes per endpoint at {args.state_endpoints:,} endpoints")
     faust = asyncio.run(faust_throughput(args.faust_snapshots, 2_000))
@@ -225,9 +325,16 @@ def main() -> None:
     )
     latency = embedded_latency(args.rate, args.seconds)
     print(
-        f"  telemetry → flag in ClickHouse at {latency['rate']:,.0f} exports/s over OTLP/HTTP: "
-        f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, "
+        f"  embedded telemetry → flag in ClickHouse at {latency['rate']:,.0f} exports/s "
+        f"over OTLP/HTTP: p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms, "
         f"{latency['failed']:.0f} failed, peak RSS {latency['rss']:.0f} MiB"
+    )
+    through_kafka = kafka_latency(args.rate, args.seconds)
+    print(
+        f"  Kafka telemetry → flag in ClickHouse at {through_kafka['rate']:,.0f} exports/s "
+        f"(ingest, Faust worker, sink and broker on these cores): "
+        f"p50 {through_kafka['p50']:,.0f} ms, p99 {through_kafka['p99']:,.0f} ms "
+        f"over {through_kafka['flags']:,.0f} flags"
     )
 
 
