@@ -159,7 +159,9 @@ async def run(settings: Settings) -> None:
         log.info("store migrated to version %d", applied[-1])
     engine = DriftEngine(load_states(client))
     log.info("recovered %d endpoint states from %s", len(engine.states), store_path(data))
-    writer = store.BatchWriter(client, max_delay=0.05, dead_letter=dead_letter_path(data))
+    writer = store.BatchWriter(
+        client, max_delay=settings.store_batch_delay, dead_letter=dead_letter_path(data)
+    )
     bus = MemoryBus(keep=1000)
     pipeline = Pipeline(engine, writer, bus, store.Heartbeats(settings.last_seen_resolution))
     directory = PolicyDirectory(data / "policies")

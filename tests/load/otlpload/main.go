@@ -293,6 +293,9 @@ func httpSender(url, token string, conns int, timeout time.Duration) sendFunc {
 	client := &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
+			// a fixed pool: past it requests queue here (their wait counts, from the time
+			// they were due) instead of opening connections, whose churn swamps the server
+			MaxConnsPerHost:     conns,
 			MaxIdleConns:        conns,
 			MaxIdleConnsPerHost: conns,
 			IdleConnTimeout:     90 * time.Second,
