@@ -135,6 +135,10 @@ def _serial(raw: Any) -> str | None:
     return raw.strip() or None if isinstance(raw, str) else None
 
 
+PULL_DEVICES = 500  # devices per compliance pull: one request each, from a shared hourly budget
+PULL_ROTATION = 900.0  # seconds: the scheduled pull's interval, so each pull takes the next slice
+
+
 class IruClient:
     """``MdmClient`` for Iru. One per integration; ``aclose()`` when done.
 
@@ -232,13 +236,17 @@ class IruClient:
         imported_at: datetime,
         device_ids: Sequence[str] | None = None,
         *,
-        max_devices: int | None = None,
+        max_devices: int | None = PULL_DEVICES,
+        rotation: float = PULL_ROTATION,
     ) -> list[ComplianceRecord]:
         """The Claude Code profile's status on each device: one request per device.
 
         ``device_ids`` limits the import to those devices (their serials are then unknown
         here, the planner takes them from inventory); otherwise the inventory is listed first.
-        ``max_devices`` caps the requests of one run, since the hourly budget is the tenant's.
+        ``max_devices`` caps the requests of one run, since the hourly budget is the tenant's:
+        a larger fleet is covered in turns, the slice chosen by ``imported_at`` in steps of
+        ``rotation`` seconds (the scheduled pull's interval), so successive pulls check
+        successive slices (by default 500 devices a quarter hour, about a fifth of the budget).
         """
         item_id = self.integration.profile_id
         if not item_id:
@@ -248,13 +256,16 @@ class IruClient:
         else:
             targets = [(device_id, None) for device_id in dict.fromkeys(device_ids)]
         if max_devices is not None and len(targets) > max_devices:
-            log.warning(
-                "iru %s: compliance capped at %d of %d devices",
+            turns = -(-len(targets) // max_devices)
+            turn = int(imported_at.timestamp() // rotation) % turns
+            log.info(
+                "iru %s: compliance of devices %d..%d of %d this time (budget)",
                 self.integration.tenant_id,
-                max_devices,
+                turn * max_devices,
+                min(len(targets), (turn + 1) * max_devices) - 1,
                 len(targets),
             )
-            targets = targets[:max_devices]
+            targets = sorted(targets)[turn * max_devices : (turn + 1) * max_devices]
         records: list[ComplianceRecord | None] = [None] * len(targets)
         queue = iter(enumerate(targets))
 

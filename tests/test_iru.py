@@ -401,9 +401,13 @@ async def test_compliance_is_bounded(emulator: IruEmulator, client: IruClient) -
     assert [r.device_id for r in subset] == [ids[3], ids[7]]
     assert all(r.serial_number is None for r in subset)
     assert len(emulator.log) == 2  # no inventory listing when the devices are given
-    capped = await client.compliance(IMPORTED, max_devices=4)
-    assert [r.device_id for r in capped] == ids[:4]
-    assert len(emulator.log) == 2 + 1 + 4
+    turns = [
+        await client.compliance(IMPORTED + timedelta(minutes=15 * n), max_devices=4)
+        for n in range(3)
+    ]
+    assert sorted(len(turn) for turn in turns) == [2, 4, 4]  # 10 devices, 4 at a time, in turn
+    assert sorted(r.device_id for turn in turns for r in turn) == sorted(ids)
+    assert len(emulator.log) == 2 + 3 * (1 + 4) - 2
 
 
 async def test_compliance_skips_a_device_removed_meanwhile(
