@@ -12,10 +12,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas import topics
+from schemas.messages import Message
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ class Record:
     topic: str
     key: str
     value: bytes
+    # the message ``value`` encodes, when the publisher has it: in-process listeners use it
+    # instead of decoding ``value`` again; Kafka sends ``value`` only
+    message: Message | None = field(default=None, compare=False, repr=False)
 
 
 class BusUnavailable(Exception):

@@ -66,7 +66,9 @@ class Pipeline:
 
     async def on_record(self, record: Record) -> None:
         event: EndpointSnapshot | AuthEvent
-        if record.topic == topics.SNAPSHOTS:
+        if isinstance(record.message, EndpointSnapshot | AuthEvent):
+            event = record.message  # published in this process: no need to decode it again
+        elif record.topic == topics.SNAPSHOTS:
             event = EndpointSnapshot.from_json(record.value)
         elif record.topic == topics.AUTH_EVENTS:
             event = AuthEvent.from_json(record.value)

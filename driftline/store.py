@@ -300,13 +300,19 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 StoreMessage = EndpointSnapshot | AuthEvent | DriftFlag | ComplianceRecord | AuditRecord
 
 
+_last_hashed: list[Any] = [None, 0]  # (snapshot, hash): Heartbeats asks, then the writer
+
+
 def state_hash(snapshot: EndpointSnapshot) -> int:
     """UInt64 identity of what an endpoint *is*, independent of when it said so.
 
     Covers service_name, app_version, team_id, serial_number and resource_attributes (key order
     ignored). Stored in endpoint_states' key: changing this function splits every endpoint's
-    history in two, so don't.
+    history in two, so don't. The last answer is remembered by identity (snapshots are
+    immutable): the heartbeat check and the row for the same snapshot share one computation.
     """
+    if _last_hashed[0] is snapshot:
+        return int(_last_hashed[1])
     canonical = json.dumps(
         [
             snapshot.service_name,
@@ -319,7 +325,9 @@ def state_hash(snapshot: EndpointSnapshot) -> int:
         ensure_ascii=False,
     )
     digest = hashlib.blake2b(canonical.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    value = int.from_bytes(digest, "big")
+    _last_hashed[:] = (snapshot, value)
+    return value
 
 
 class Heartbeats:

@@ -120,7 +120,8 @@ class IngestService:
                     Status.UNAVAILABLE, "receiver at capacity", retry_after=self.options.retry_after
                 )
             records = [
-                Record(topics.SNAPSHOTS, s.endpoint_id, s.to_json()) for s in extraction.snapshots
+                Record(topics.SNAPSHOTS, s.endpoint_id, s.to_json(), s)
+                for s in extraction.snapshots
             ]
             self._inflight += 1
             started = time.perf_counter()
