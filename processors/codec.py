@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from processors.state import EndpointState, OpenFlag, intern_keys, intern_text
+from processors.state import EndpointState, OpenFlag, Sighting, intern_keys, intern_text
 from schemas.messages import FlagKind
 
 FORMAT: Final = 1
@@ -68,6 +68,16 @@ def encode(state: EndpointState, policy: str = "") -> bytes:
         data["a"] = state.app_version
     if state.attributes:
         data["k"] = sorted(state.attributes)
+    if state.others:  # other tools on the endpoint; absent for the usual single one
+        data["o"] = [
+            [
+                other.service_name,
+                other.app_version,
+                sorted(other.attributes),
+                to_micros(other.seen_at),
+            ]
+            for other in state.others
+        ]
     if state.rejections:
         data["r"] = [to_micros(moment) for moment in state.rejections]
     if state.open_flags:
@@ -95,6 +105,7 @@ def decode_stored(data: bytes) -> Stored:
             service_name=intern_text(_optional_text(raw.get("n"))),
             app_version=intern_text(_optional_text(raw.get("a"))),
             attributes=intern_keys(_text(key) for key in raw.get("k", ())),
+            others=tuple(_sighting(other) for other in raw.get("o", ())),
             rejections=tuple(from_micros(_int(moment)) for moment in raw.get("r", ())),
             open_flags=tuple(_open_flag(flag) for flag in raw.get("f", ())),
         )
@@ -107,6 +118,18 @@ def decode_stored(data: bytes) -> Stored:
 
 def decode(data: bytes) -> EndpointState:
     return decode_stored(data).state
+
+
+def _sighting(raw: object) -> Sighting:
+    if not isinstance(raw, list) or len(raw) != 4 or not isinstance(raw[2], list):
+        raise CodecError(f"malformed sighting {raw!r}")
+    service, version, keys, seen_at = raw
+    return Sighting(
+        sys.intern(_text(service)),
+        intern_text(_optional_text(version)),
+        intern_keys(_text(key) for key in keys),
+        from_micros(_int(seen_at)),
+    )
 
 
 def _open_flag(raw: object) -> OpenFlag:

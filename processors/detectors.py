@@ -28,8 +28,11 @@ from typing import Final, NamedTuple
 from packaging.version import InvalidVersion, Version
 
 from processors.state import (
+    MAX_SIGHTINGS,
+    SIGHTING_TTL,
     EndpointState,
     OpenFlag,
+    Sighting,
     intern_text,
     snapshot_attributes,
     utc,
@@ -199,22 +202,65 @@ def _apply_snapshot(
         _check_endpoint(state, snapshot.tenant_id, snapshot.endpoint_id)
         if at < state.last_event_at:
             return state, []
-        if at == state.snapshot_at and _content(service, version, attributes) < _content(
-            state.service_name, state.app_version, state.attributes
+        sighting = Sighting(service or "", version, attributes, at)
+        if at == state.snapshot_at and _rank(sighting) < _rank(
+            Sighting(state.service_name or "", state.app_version, state.attributes, at)
         ):
-            return state, []
+            if service == state.service_name or service is None:
+                return state, []
+            # another tool's snapshot at the same instant: kept beside the current one
+            return _evaluate(
+                replace(state, others=_others(state, sighting)),
+                policy,
+                at,
+                stale_resolution=None,
+            )
     resolution = _stale_resolution(state, at) if state.open_flag(FlagKind.STALE_TOKEN) else None
+    others = state.others
+    if service is not None and state.service_name not in (None, service):
+        assert state.snapshot_at is not None
+        previous = Sighting(
+            state.service_name or "", state.app_version, state.attributes, state.snapshot_at
+        )
+        others = _others(state, previous, drop=service, now=at)
+    elif service is not None:
+        others = _others(state, None, drop=service, now=at)
     state = replace(
         state,
         service_name=service,
         app_version=version,
         attributes=attributes,
+        others=others,
         last_event_at=at,
         snapshot_at=at,
         # An authenticated request proves the endpoint holds a valid token: count afresh.
         rejections=tuple(moment for moment in state.rejections if moment >= at),
     )
     return _evaluate(state, policy, at, stale_resolution=resolution)
+
+
+def _others(
+    state: EndpointState,
+    add: Sighting | None,
+    drop: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Sighting, ...]:
+    """The other tools' sightings with ``add`` merged (newest per service wins), the service
+    ``drop`` removed (it is current now), stale ones pruned; sorted by service name."""
+    by_service = {other.service_name: other for other in state.others}
+    if add is not None:
+        kept = by_service.get(add.service_name)
+        if kept is None or _rank(add) > _rank(kept):
+            by_service[add.service_name] = add
+    by_service.pop(drop or "", None)
+    latest = now or state.snapshot_at
+    fresh = [
+        other
+        for other in by_service.values()
+        if latest is None or other.seen_at >= latest - SIGHTING_TTL
+    ]
+    newest = sorted(fresh, key=_rank, reverse=True)[:MAX_SIGHTINGS]
+    return tuple(sorted(newest, key=lambda other: other.service_name))
 
 
 def _stale_resolution(state: EndpointState, at: datetime) -> str | None:
@@ -254,9 +300,17 @@ def _evaluate(
     open_flags = state.flags_by_kind
     flags: list[DriftFlag] = []
     if state.snapshot_at is not None and state.service_name is not None:
-        outdated = outdated_client(state.service_name, state.app_version, policy)
+        sightings = state.sightings()
+        outdated = _combined(
+            [
+                (s.service_name, outdated_client(s.service_name, s.app_version, policy))
+                for s in sightings
+            ]
+        )
         _transition(state, policy, at, FlagKind.OUTDATED_CLIENT, outdated, open_flags, flags)
-        missing = missing_policy(state.attributes, policy)
+        missing = _combined(
+            [(s.service_name, missing_policy(s.attributes, policy)) for s in sightings]
+        )
         _transition(state, policy, at, FlagKind.MISSING_POLICY, missing, open_flags, flags)
     stale = stale_token(state.rejections, policy)
     if FlagKind.STALE_TOKEN in open_flags and stale_resolution is not None:
@@ -320,11 +374,25 @@ def _new_state(tenant_id: str, endpoint_id: str, at: datetime) -> EndpointState:
     return EndpointState(tenant_id=sys.intern(tenant_id), endpoint_id=endpoint_id, last_event_at=at)
 
 
-def _content(
-    service: str | None, version: str | None, attributes: frozenset[str]
-) -> tuple[str, bool, str, tuple[str, ...]]:
-    """Total order of snapshots at the same instant: what detection reads, nothing else."""
-    return (service or "", version is not None, version or "", tuple(sorted(attributes)))
+def _rank(sighting: Sighting) -> tuple[datetime, str, bool, str, tuple[str, ...]]:
+    """Total order of snapshots: newest first, then (same instant) by what detection reads."""
+    version = sighting.app_version
+    attributes = tuple(sorted(sighting.attributes))
+    return (sighting.seen_at, sighting.service_name, version is not None, version or "", attributes)
+
+
+def _combined(verdicts: list[tuple[str, Verdict]]) -> Verdict:
+    """One verdict for an endpoint's tools: drifted if any is. A lone tool's words are kept
+    as they are; with several, each drifted tool's reason is named after it."""
+    if len(verdicts) == 1:
+        return verdicts[0][1]
+    drifted = [(service, verdict) for service, verdict in verdicts if verdict.drifted]
+    shown = drifted or verdicts
+    detail = "; ".join(
+        verdict.detail if service in verdict.detail else f"{service}: {verdict.detail}"
+        for service, verdict in sorted(shown)
+    )
+    return Verdict(bool(drifted), detail)
 
 
 def _check_policy(tenant_id: str, policy: TenantPolicy) -> None:

@@ -1,8 +1,8 @@
 """Rebuild endpoint states from the store after a restart of the embedded runner.
 
-The store holds what detectors need: each endpoint's latest state (endpoints_latest), its open
-flags (drift_current) and its recent rejected requests (auth_events). A request is acknowledged
-only after its rows are written, so everything acknowledged is recovered.
+The store holds what detectors need: each endpoint's latest state per tool (endpoint_states),
+its open flags (drift_current) and its recent rejected requests (auth_events). A request is
+acknowledged only after its rows are written, so everything acknowledged is recovered.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ from datetime import datetime
 from clickhouse_connect.driver.client import Client
 
 from driftline.store import query_dicts
-from processors.state import EndpointState, OpenFlag, intern_text, present_attributes, utc
+from processors.state import (
+    MAX_SIGHTINGS,
+    SIGHTING_TTL,
+    EndpointState,
+    OpenFlag,
+    Sighting,
+    intern_text,
+    present_attributes,
+    utc,
+)
 from schemas import FlagKind
 from schemas.policy import MAX_STALE_THRESHOLD
 
@@ -23,16 +32,20 @@ _KIND_ORDER = {kind: index for index, kind in enumerate(FlagKind)}
 
 def load_states(client: Client) -> dict[str, EndpointState]:
     states: dict[str, EndpointState] = {}
-    for row in query_dicts(client, "SELECT * FROM endpoints_latest"):
-        at = utc(row["last_received"])
-        states[row["endpoint_id"]] = EndpointState(
-            tenant_id=row["tenant_id"],
-            endpoint_id=row["endpoint_id"],
-            last_event_at=at,
-            snapshot_at=at,
-            service_name=intern_text(row["service_name"]),
-            app_version=intern_text(row["app_version"]),
-            attributes=present_attributes(row["resource_attributes"], row["team_id"]),
+    for (tenant_id, endpoint_id), sightings in _sightings(client).items():
+        current, *others = sorted(
+            sightings, key=lambda s: (s.seen_at, s.service_name), reverse=True
+        )
+        fresh = [o for o in others if o.seen_at >= current.seen_at - SIGHTING_TTL]
+        states[endpoint_id] = EndpointState(
+            tenant_id=tenant_id,
+            endpoint_id=endpoint_id,
+            last_event_at=current.seen_at,
+            snapshot_at=current.seen_at,
+            service_name=current.service_name,
+            app_version=current.app_version,
+            attributes=current.attributes,
+            others=tuple(sorted(fresh[:MAX_SIGHTINGS], key=lambda o: o.service_name)),
         )
     rejections = _recent_rejections(client, states)
     for endpoint_id, (tenant_id, times) in rejections.items():
@@ -52,6 +65,30 @@ def load_states(client: Client) -> dict[str, EndpointState]:
             ordered = tuple(sorted(open_flags, key=lambda flag: _KIND_ORDER[flag.kind]))
             states[endpoint_id] = replace(states[endpoint_id], open_flags=ordered)
     return states
+
+
+def _sightings(client: Client) -> dict[tuple[str, str], list[Sighting]]:
+    """Each endpoint's latest snapshot per tool (service.name), as the detectors keep them."""
+    rows = query_dicts(
+        client,
+        "SELECT tenant_id, endpoint_id, service_name, latest.1 AS app_version, "
+        "latest.2 AS team_id, latest.3 AS resource_attributes, received FROM ("
+        "SELECT tenant_id, endpoint_id, service_name, "
+        "argMax((app_version, team_id, resource_attributes), "
+        "(last_seen, last_received, state_hash)) AS latest, max(last_received) AS received "
+        "FROM endpoint_states GROUP BY tenant_id, endpoint_id, service_name)",
+    )
+    out: dict[tuple[str, str], list[Sighting]] = defaultdict(list)
+    for row in rows:
+        out[(row["tenant_id"], row["endpoint_id"])].append(
+            Sighting(
+                intern_text(row["service_name"]) or "",
+                intern_text(row["app_version"]),
+                present_attributes(row["resource_attributes"], row["team_id"]),
+                utc(row["received"]),
+            )
+        )
+    return out
 
 
 def _recent_rejections(

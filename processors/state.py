@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from schemas.identity import TEAM_ID
@@ -82,6 +82,21 @@ class OpenFlag:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """The latest snapshot of one more tool (``service.name``) on the same endpoint."""
+
+    service_name: str
+    app_version: str | None
+    attributes: frozenset[str]
+    seen_at: datetime
+
+
+# A laptop runs a handful of OTel tools; a sighting older than this no longer speaks for it.
+MAX_SIGHTINGS: Final = 8
+SIGHTING_TTL: Final = timedelta(days=7)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointState:
     """One endpoint's state; replaced, never mutated, by each event.
@@ -89,6 +104,11 @@ class EndpointState:
     ``snapshot_at`` is the event time of the snapshot that ``service_name``, ``app_version`` and
     ``attributes`` come from; all three are None/empty until the first snapshot (state made by an
     AuthEvent alone), and snapshot-based rules are not evaluated before then.
+
+    ``others`` are the latest snapshots of the endpoint's *other* tools (one per service name,
+    sorted by it, at most ``MAX_SIGHTINGS``, none older than ``SIGHTING_TTL`` before the
+    current one): a laptop running two OTel tools is judged on both, instead of flapping
+    between them with each export.
 
     ``rejections`` are the most recent distinct times of retired/revoked-token rejections since
     the last accepted snapshot, oldest first, at most the policy's stale-token threshold.
@@ -102,12 +122,20 @@ class EndpointState:
     service_name: str | None = None
     app_version: str | None = None
     attributes: frozenset[str] = EMPTY_KEYS
+    others: tuple[Sighting, ...] = ()
     rejections: tuple[datetime, ...] = ()
     open_flags: tuple[OpenFlag, ...] = ()
 
     @property
     def has_snapshot(self) -> bool:
         return self.snapshot_at is not None
+
+    def sightings(self) -> list[Sighting]:
+        """Every tool's latest snapshot, the current one first."""
+        if self.snapshot_at is None or self.service_name is None:
+            return list(self.others)
+        current = Sighting(self.service_name, self.app_version, self.attributes, self.snapshot_at)
+        return [current, *self.others]
 
     def open_flag(self, kind: FlagKind) -> OpenFlag | None:
         for flag in self.open_flags:

@@ -219,10 +219,48 @@ def test_still_outdated_emits_nothing_but_tracks_the_detail() -> None:
     assert opened.detail == "app_version 'banana' does not parse; minimum 2.0.10 for claude-code"
 
 
-def test_switching_to_a_service_without_minimum_resolves() -> None:
-    _, flags = run([snap(0, "2.0.3"), snap(60, "2.0.3", service="other-tool")])
+def test_a_second_tool_on_the_laptop_does_not_flap_the_first_ones_flag() -> None:
+    """Two OTel tools export from one laptop: each is judged on its own latest snapshot."""
+    events = [snap(t, "2.0.3") if i % 2 == 0 else snap(t, "1.0", service="other-tool")
+              for i, t in enumerate(range(0, 600, 30))]  # fmt: skip
+    state, flags = run(events)
+    assert transitions(flags) == [(OUTDATED, FlagState.RAISED)]  # raised once, never flapping
+    assert state is not None and state.service_name == "other-tool"
+    assert [o.service_name for o in state.others] == ["claude-code"]
+    (opened,) = state.open_flags
+    assert opened.detail == "2.0.3 < minimum 2.0.10 for claude-code"
+
+    # the outdated tool is updated: resolved, although the other tool keeps exporting
+    _, later = run([*events, snap(601, "2.0.12"), snap(602, "1.0", service="other-tool")])
+    assert transitions(later) == [(OUTDATED, FlagState.RAISED), (OUTDATED, FlagState.RESOLVED)]
+    assert later[1].detail == (
+        "2.0.12 >= minimum 2.0.10 for claude-code; no minimum version for other-tool"
+    )
+
+
+def test_a_tool_not_seen_for_a_week_stops_counting() -> None:
+    week = 7 * 24 * 3600
+    _, flags = run([snap(0, "2.0.3"), snap(60, "1.0", service="other-tool")])
+    assert transitions(flags) == [(OUTDATED, FlagState.RAISED)]
+    _, flags = run(
+        [
+            snap(0, "2.0.3"),
+            snap(60, "1.0", service="other-tool"),
+            snap(week + 1, service="other-tool"),
+        ]
+    )
     assert transitions(flags) == [(OUTDATED, FlagState.RAISED), (OUTDATED, FlagState.RESOLVED)]
     assert flags[1].detail == "no minimum version for other-tool"
+
+
+def test_each_tool_needs_the_required_attributes() -> None:
+    _, flags = run([snap(0), snap(30, service="other-tool", team=None)])
+    assert transitions(flags) == [(MISSING, FlagState.RAISED)]
+    assert flags[0].detail == "other-tool: missing required attributes: team.id"
+    _, flags = run(
+        [snap(0), snap(30, service="other-tool", team=None), snap(60, service="other-tool")]
+    )
+    assert transitions(flags) == [(MISSING, FlagState.RAISED), (MISSING, FlagState.RESOLVED)]
 
 
 def test_outdated_rule_directly() -> None:
@@ -815,7 +853,8 @@ def retimed(event: Event, seconds: float) -> Event:
     return event.model_copy(update={"observed_at": at(seconds)})
 
 
-# Strictly increasing times, so no event is dropped and the last snapshot is the one that counts.
+# Strictly increasing times, so no event is dropped and each tool's last snapshot is the one
+# that counts (25 events a minute apart: none is old enough to stop counting).
 increasing_events = st.lists(events_of(ENDPOINT, st.just(0.0)), min_size=1, max_size=25).map(
     lambda events: [retimed(event, 60.0 * index) for index, event in enumerate(events)]
 )
@@ -823,7 +862,7 @@ increasing_events = st.lists(events_of(ENDPOINT, st.just(0.0)), min_size=1, max_
 
 @FAST
 @given(increasing_events, policies, st.lists(policies, max_size=2))
-def test_open_flags_equal_a_recomputation_from_the_last_snapshot(
+def test_open_flags_equal_a_recomputation_from_each_tools_last_snapshot(
     events: list[Event], rules: TenantPolicy, later: list[TenantPolicy]
 ) -> None:
     fleet = Fleet.empty()
@@ -831,7 +870,11 @@ def test_open_flags_equal_a_recomputation_from_the_last_snapshot(
     for index, changed in enumerate(later):
         rules = changed
         fleet.change_policy(rules, at(1000 + index))
-    last = next((e for e in reversed(events) if isinstance(e, EndpointSnapshot)), None)
+    last_of_each: dict[str, EndpointSnapshot] = {}
+    for event in events:
+        if isinstance(event, EndpointSnapshot):
+            last_of_each[event.service_name] = event
     known = fleet.states.get(ENDPOINT)
     snapshot_kinds = open_kinds(known) - {STALE}
-    assert snapshot_kinds == (set() if last is None else expected_open(last, rules))
+    expected = set().union(*(expected_open(last, rules) for last in last_of_each.values()))
+    assert snapshot_kinds == expected

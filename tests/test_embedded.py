@@ -102,3 +102,25 @@ def test_a_restart_loses_nothing_acknowledged(run: Run) -> None:
     history = json.loads(run.cli("endpoint", "acme/E1", "--tenant", "acme", "--json"))
     assert [f["state"] for f in history["flags"]] == ["raised"]
     assert httpx.get(f"http://127.0.0.1:{run.ports['admin']}/readyz").status_code == 200
+
+
+def test_two_tools_on_one_laptop_do_not_flap_across_a_restart(run: Run) -> None:
+    """Claude Code (outdated) and another OTel tool export from one laptop, alternately."""
+    token = TokenStore(run.data / "tokens.db").create("acme")[1]
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    run.start()
+    port = run.ports["http"]
+    claude = claude_resource("DUO", "web")
+    other = claude_resource("DUO", "web", extra={"service.name": "other-tool"})
+    for _ in range(2):
+        assert export_metrics("http", port, token, claude, "2.0.3")
+        assert export_metrics("http", port, token, other, "1.0")
+    run.stop(signal.SIGKILL)
+    run.start()  # the state of both tools is recovered from the store
+    assert export_metrics("http", port, token, other, "1.0")
+    assert export_metrics("http", port, token, claude, "2.0.3")
+    assert run.open_flags() == {("acme/DUO", "outdated_client")}
+    history = json.loads(run.cli("endpoint", "acme/DUO", "--tenant", "acme", "--json"))
+    assert [(f["kind"], f["state"]) for f in history["flags"]] == [("outdated_client", "raised")]
+    assert export_metrics("http", port, token, claude, "2.0.12")  # the outdated tool is updated
+    assert run.open_flags() == set()

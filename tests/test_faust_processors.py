@@ -37,7 +37,7 @@ from processors import codec
 from processors.detectors import apply
 from processors.faust_app import Processors, Stale
 from processors.policies import Policies, ReevaluateRequest, fingerprint
-from processors.state import EndpointState, OpenFlag, intern_keys
+from processors.state import EndpointState, OpenFlag, Sighting, intern_keys
 from processors.topology import TopicNames, ensure_topics
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 from schemas.policy import StaleTokenPolicy, TenantPolicy, ToolPolicy
@@ -60,6 +60,7 @@ def snap(
     version: str | None = "2.0.9",
     *,
     team: str | None = "eng",
+    service: str = "claude-code",
 ) -> EndpointSnapshot:
     attributes = {"host.name": serial}
     if team is not None:
@@ -68,7 +69,7 @@ def snap(
         tenant_id=tenant,
         endpoint_id=f"{tenant}/{serial}",
         serial_number=serial,
-        service_name="claude-code",
+        service_name=service,
         app_version=version,
         team_id=team,
         resource_attributes=attributes,
@@ -102,6 +103,10 @@ def full_state() -> EndpointState:
         service_name="claude-code",
         app_version="2.0.1",
         attributes=intern_keys(["team.id", "host.name", "os.type"]),
+        others=(
+            Sighting("other-tool", "1.0", intern_keys(["host.name"]), at(8.5)),
+            Sighting("ünïcode-tool", None, intern_keys([]), at(-3)),
+        ),
         rejections=(at(1), at(2.5), at(3.000001)),
         open_flags=(
             OpenFlag(FlagKind.OUTDATED_CLIENT, "a" * 32, at(5), "2.0.1 < minimum 2.0.5"),
@@ -188,6 +193,7 @@ _events = st.lists(
         st.booleans(),  # snapshot or rejected request
         _versions,
         st.sampled_from([None, "eng", " "]),
+        st.sampled_from(["claude-code", "other-tool"]),
     ),
     max_size=25,
 )
@@ -200,9 +206,9 @@ def test_every_state_the_detectors_make_round_trips(events: list[Any]) -> None:
         tenant="acme", tools=POLICY, token_rotated_at=T0, stale_token=StaleTokenPolicy(threshold=2)
     )
     state: EndpointState | None = None
-    for seconds, is_snapshot, version, team in events:
+    for seconds, is_snapshot, version, team, service in events:
         event = (
-            snap("acme", "C02X", at(seconds), version, team=team)
+            snap("acme", "C02X", at(seconds), version, team=team, service=service)
             if is_snapshot
             else rejected("acme", "C02X", at(seconds))
         )
