@@ -523,14 +523,18 @@ class Processors:
         evaluated under another policy than the current one; returns how many."""
         active = self.active_partitions()
         sent = 0
-        for index, key in enumerate(list(self.table.keys())):
+        # states still waiting to settle count too: a policy may change in between
+        keys = list(dict.fromkeys([*self._overlay, *self.table.keys()]))
+        for index, key in enumerate(keys):
             if index % _SWEEP_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
                 active = self.active_partitions()
             partition = self.partition_of(key)
             if partition not in active:
                 continue  # memory stores keep keys of partitions taken away: not ours
-            value = self.table.get(key)
+            value = self._overlay.get(key)
+            if value is None:
+                value = self.table.get(key)
             if value is None:
                 continue
             try:
