@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -115,6 +116,32 @@ async def _watch_policies(pipeline: Pipeline, directory: PolicyDirectory) -> Non
                 log.error("policy not applied: %s", error)
 
 
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+def from_this_machine(remote: str | None) -> bool:
+    """Whether a peer address is this machine (IPv4 loopback, ``::1``, or IPv4-mapped)."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address in _LOOPBACK
+
+
+@web.middleware
+async def local_api_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The admin port may face the network (``--host 0.0.0.0`` for /metrics), but its /api/
+    answers tenants' drift and can fire MDM actions: only this machine's CLI may call it."""
+    if request.path.startswith("/api/") and not from_this_machine(request.remote):
+        return web.json_response(
+            {"error": "the /api/ endpoints answer local callers only"}, status=403
+        )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def query_routes(client: Any) -> list[web.RouteDef]:
     """Read-only query API for `driftline drift/endpoint` while this process holds the store."""
 
@@ -174,6 +201,7 @@ async def run(settings: Settings) -> None:
     receiver = Receiver(service, receiver_options(settings, reuse_port=False))
     await receiver.start()
     app = admin.build_app(service.ready)
+    app.middlewares.append(local_api_only)
     app.add_routes(query_routes(client))
     ctx = operations.Context(
         store=client,

@@ -21,12 +21,12 @@ class Run:
         self.ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, **env_overrides: str) -> None:
+    def start(self, *flags: str, **env_overrides: str) -> None:
         env = {**os.environ, "DRIFTLINE_AUTH_EVENT_INTERVAL": "0.5", **env_overrides}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "driftline.cli", "run", "--data", str(self.data),
              "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),
-             "--admin-port", str(self.ports["admin"])],
+             "--admin-port", str(self.ports["admin"]), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         wait_ready(self.ports["admin"], self.process, timeout=60)
