@@ -27,12 +27,11 @@ from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
 from actions.service import client_for
 from driftline import operations, store
-from schemas import DriftFlag, EndpointSnapshot
-from schemas.messages import FlagKind, FlagState, Signal
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from tests.emulators.base import Fault
 from tests.emulators.iru import IruEmulator
+from tests.support.drift import outdated_laptop
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 SECRET_MARK = "iru-token-"
@@ -49,31 +48,7 @@ class World:
 
     async def drift(self, serial: str, version: str = "2.0.3") -> None:
         """An endpoint with that serial reports an outdated version: snapshot + raised flag."""
-        endpoint = f"acme/{serial}"
-        snapshot = EndpointSnapshot(
-            tenant_id="acme",
-            endpoint_id=endpoint,
-            service_name="claude-code",
-            app_version=version,
-            team_id="web",
-            serial_number=serial,
-            resource_attributes={"device.serial_number": serial},
-            signal=Signal.METRICS,
-            observed_at=T0,
-            received_at=T0,
-        )
-        flag = DriftFlag(
-            flag_id=f"flag-{serial}",
-            tenant_id="acme",
-            endpoint_id=endpoint,
-            kind=FlagKind.OUTDATED_CLIENT,
-            state=FlagState.RAISED,
-            detail=f"{version} < minimum 2.0.10 for claude-code",
-            first_seen=T0,
-            last_seen=T0,
-            policy_version=1,
-        )
-        await self.ctx.writer.add_durably([snapshot, flag])
+        await self.ctx.writer.add_durably(list(outdated_laptop(serial, T0, version)))
 
     async def run(self, **args: Any) -> dict[str, Any]:
         result: dict[str, Any] = await operations.run_operation(

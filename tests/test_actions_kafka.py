@@ -21,41 +21,14 @@ from actions.integrations import IntegrationStore
 from actions.mdm import Integration
 from driftline import store
 from processors.topology import TopicNames, ensure_topics
-from schemas import DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal, topics
+from schemas import topics
 from schemas.remediation import AuditRecord, Vendor
 from tests.emulators.iru import IruEmulator
+from tests.support.drift import outdated_laptop
 
 pytestmark = pytest.mark.kafka
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def drift(serial: str) -> tuple[EndpointSnapshot, DriftFlag]:
-    endpoint = f"acme/{serial}"
-    snapshot = EndpointSnapshot(
-        tenant_id="acme",
-        endpoint_id=endpoint,
-        service_name="claude-code",
-        app_version="2.0.3",
-        team_id="web",
-        serial_number=serial,
-        resource_attributes={},
-        signal=Signal.METRICS,
-        observed_at=NOW,
-        received_at=NOW,
-    )
-    flag = DriftFlag(
-        flag_id=f"flag-{serial}",
-        tenant_id="acme",
-        endpoint_id=endpoint,
-        kind=FlagKind.OUTDATED_CLIENT,
-        state=FlagState.RAISED,
-        detail="2.0.3 < minimum 2.0.10 for claude-code",
-        first_seen=NOW,
-        last_seen=NOW,
-        policy_version=1,
-    )
-    return snapshot, flag
 
 
 async def test_a_raised_flag_wakes_a_live_pass_and_the_audit_is_published(
@@ -77,7 +50,7 @@ async def test_a_raised_flag_wakes_a_live_pass_and_the_audit_is_published(
     client = store.connect(dsn)
     store.migrate(client)
     async with store.BatchWriter(client) as writer:
-        await writer.add_durably(list(drift("C02KAFKA")))
+        await writer.add_durably(list(outdated_laptop("C02KAFKA", NOW)))
     client.close()
 
     audit = AIOKafkaConsumer(
@@ -103,7 +76,7 @@ async def test_a_raised_flag_wakes_a_live_pass_and_the_audit_is_published(
         assert "skipped" in states and emulator.blank_pushes == []
         kill_switch.unlink()
         time.sleep(1.0)  # the consumer has joined its group by now; ring the doorbell
-        _, flag = drift("C02KAFKA")
+        _, flag = outdated_laptop("C02KAFKA", NOW)
         await producer.send_and_wait(topics.FLAGS, flag.to_json(), key=b"acme/C02KAFKA")
         states = await _audit_states(audit, until={"succeeded"})
         assert {"planned", "sent", "succeeded"} <= states
