@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,28 @@ def _utc(value: datetime) -> datetime:
 # --- the service --------------------------------------------------------------------------
 
 
+@dataclass
+class Lookups:
+    """Devices found (or not) by serial, remembered across passes, and a budget per pass.
+
+    A long-running process plans every minute; asking the MDM again each time for every
+    flagged serial the compliance import has not seen would spend Iru's shared 10,000
+    requests an hour on lookups alone. What a pass cannot look up waits for the next one.
+    """
+
+    found_for: float = 3600.0  # seconds a found device is trusted
+    missing_for: float = 900.0  # seconds a "no such serial" answer is trusted
+    per_pass: int = 200  # new lookups per integration per pass
+    _seen: dict[tuple[str, Vendor, str], tuple[float, list[Device]]] = field(default_factory=dict)
+
+    def get(self, key: tuple[str, Vendor, str], now: float) -> list[Device] | None:
+        seen = self._seen.get(key)
+        return seen[1] if seen is not None and seen[0] > now else None
+
+    def put(self, key: tuple[str, Vendor, str], devices: list[Device], now: float) -> None:
+        self._seen[key] = (now + (self.found_for if devices else self.missing_for), devices)
+
+
 Store = Callable[[AuditRecord | ComplianceRecord, bool], Awaitable[None]]
 
 
@@ -173,7 +196,9 @@ class Remediation:
         *,
         client_for: Callable[[Integration], MdmClient] = client_for,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lookups: Lookups | None = None,
     ) -> None:
+        self.lookups = lookups or Lookups()
         self.store = store
         self.integrations = integrations
         self.options = options
@@ -189,9 +214,16 @@ class Remediation:
         now = self.clock()
         flags, serials, compliance, history = await asyncio.to_thread(self._load, tenant, now)
         integrations = {(i.tenant_id, i.vendor): i for i in self.integrations.for_tenant(tenant)}
-        inventory = await self._inventory(
+        inventory, waiting = await self._inventory(
             integrations.values(), _flagged_serials(flags, serials), compliance
         )
+        if waiting:  # not "unknown to the MDM": not asked yet; the next pass plans them
+            log.info("tenant %s: %d flagged serials wait for an MDM lookup", tenant, len(waiting))
+            flags = [
+                f
+                for f in flags
+                if planner.normalize_serial(serials.get(f.endpoint_id)) not in waiting
+            ]
         plan = planner.plan(flags, serials, compliance, inventory)
         executor = Executor(self.audit, self.client_for, self.options, self.clock)
         report = await executor.execute(plan, history, integrations)
@@ -212,8 +244,9 @@ class Remediation:
         integrations: Iterable[Integration],
         serials: set[str],
         compliance: list[ComplianceRecord],
-    ) -> list[Device]:
-        """Devices the compliance import saw, plus live lookups for flagged serials it did not."""
+    ) -> tuple[list[Device], set[str]]:
+        """Devices the compliance import saw, plus lookups of flagged serials it did not; and
+        the (normalized) serials no device was found for because their lookup must wait."""
         devices = [
             Device(
                 tenant_id=r.tenant_id,
@@ -226,13 +259,30 @@ class Remediation:
         ]
         known = {planner.normalize_serial(d.serial_number) for d in devices}
         missing = sorted(s for s in serials if planner.normalize_serial(s) not in known)
+        deferred: set[str] = set()
+        found: set[str] = set()
+        now = time.monotonic()
         for integration in integrations:
             if integration.current is None or not missing:
                 continue
-            client = self.client_for(integration)
+            budget = self.lookups.per_pass
+            client: MdmClient | None = None
             try:
                 for serial in missing:
-                    devices.extend(await client.devices_by_serial(serial))
+                    normalized = planner.normalize_serial(serial) or ""
+                    key = (integration.tenant_id, integration.vendor, normalized)
+                    cached = self.lookups.get(key, now)
+                    if cached is None:
+                        if budget <= 0:
+                            deferred.add(normalized)
+                            continue
+                        budget -= 1
+                        client = client or self.client_for(integration)
+                        cached = await client.devices_by_serial(serial)
+                        self.lookups.put(key, cached, now)
+                    devices.extend(cached)
+                    if cached:
+                        found.add(normalized)
             except MdmError as error:
                 log.warning(
                     "%s lookup for tenant %s failed: %s",
@@ -240,9 +290,23 @@ class Remediation:
                     integration.tenant_id,
                     error,
                 )
+                deferred.update(
+                    planner.normalize_serial(s) or ""
+                    for s in missing
+                    if self.lookups.get(
+                        (
+                            integration.tenant_id,
+                            integration.vendor,
+                            planner.normalize_serial(s) or "",
+                        ),
+                        now,
+                    )
+                    is None
+                )
             finally:
-                await client.aclose()
-        return devices
+                if client is not None:
+                    await client.aclose()
+        return devices, deferred - found
 
     async def import_compliance(
         self, tenant: str, store: Callable[[list[ComplianceRecord]], Awaitable[None]]

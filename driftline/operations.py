@@ -24,7 +24,14 @@ from actions import compliance_csv, planner
 from actions.executor import Executor, ExecutorOptions
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
-from actions.service import PushEntry, Remediation, action_history, client_for, push_policy
+from actions.service import (
+    Lookups,
+    PushEntry,
+    Remediation,
+    action_history,
+    client_for,
+    push_policy,
+)
 from driftline.bus import Bus, Record
 from driftline.settings import Schedule
 from driftline.store import BatchWriter, query_dicts
@@ -55,6 +62,7 @@ class Context:
     bus: Bus | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     client_for: Callable[[Integration], MdmClient] = client_for
+    lookups: Lookups = field(default_factory=Lookups)  # kept across passes of one process
 
     def kill_switch(self) -> Path:
         return self.data / "actions.disabled"
@@ -93,6 +101,7 @@ async def actions_run(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         ctx.audit,
         client_for=ctx.client_for,
         clock=ctx.clock,
+        lookups=ctx.lookups,
     )
     outcome = await remediation.run(tenant)
     await ctx.writer.flush()

@@ -25,7 +25,7 @@ from aiohttp import web
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
-from actions.service import client_for
+from actions.service import Lookups, client_for
 from driftline import operations, store
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
@@ -320,3 +320,19 @@ async def test_policy_push_with_force_sync_goes_through_the_gate_and_the_audit(
     again = await operations.run_operation(world.ctx, "policy-push", args)
     assert again["entries"][0]["outcome"] == "unchanged" and again["force_sync"] is None
     assert len(world.emulator.blank_pushes) == 2
+
+
+async def test_lookups_are_remembered_and_budgeted_per_pass(world: World) -> None:
+    """Flagged serials the compliance import never saw are looked up once, within a budget;
+    what does not fit waits for the next pass instead of being called unknown."""
+    world.ctx.lookups = Lookups(per_pass=1)
+    await world.drift("C02A")
+    await world.drift("C02B")
+    first = await world.run()
+    assert len(first["steps"]) == 1 and first["unresolvable"] == []
+    second = await world.run()
+    assert {s["device_id"] for s in second["steps"]} == set(world.devices.values())
+    lookups = len(world.emulator.calls("GET", "/api/v1/devices"))
+    third = await world.run()
+    assert len(third["steps"]) == 2
+    assert len(world.emulator.calls("GET", "/api/v1/devices")) == lookups  # remembered
