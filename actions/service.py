@@ -259,54 +259,56 @@ class Remediation:
         ]
         known = {planner.normalize_serial(d.serial_number) for d in devices}
         missing = sorted(s for s in serials if planner.normalize_serial(s) not in known)
-        deferred: set[str] = set()
-        found: set[str] = set()
+        waiting: set[str] = set()
         now = time.monotonic()
         for integration in integrations:
-            if integration.current is None or not missing:
-                continue
-            budget = self.lookups.per_pass
-            client: MdmClient | None = None
-            try:
-                for serial in missing:
-                    normalized = planner.normalize_serial(serial) or ""
-                    key = (integration.tenant_id, integration.vendor, normalized)
-                    cached = self.lookups.get(key, now)
-                    if cached is None:
-                        if budget <= 0:
-                            deferred.add(normalized)
-                            continue
-                        budget -= 1
-                        client = client or self.client_for(integration)
-                        cached = await client.devices_by_serial(serial)
-                        self.lookups.put(key, cached, now)
-                    devices.extend(cached)
-                    if cached:
-                        found.add(normalized)
-            except MdmError as error:
-                log.warning(
-                    "%s lookup for tenant %s failed: %s",
-                    integration.vendor.value,
+            if integration.current is not None and missing:
+                found, later = await self._look_up(integration, missing, now)
+                devices.extend(found)
+                waiting |= later
+        return devices, waiting - {planner.normalize_serial(d.serial_number) for d in devices}
+
+    async def _look_up(
+        self, integration: Integration, serials: list[str], now: float
+    ) -> tuple[list[Device], set[str]]:
+        """One MDM's devices for ``serials``: remembered answers, then new lookups within the
+        pass's budget; the (normalized) serials over budget or after an MDM error wait."""
+        devices: list[Device] = []
+        waiting: set[str] = set()
+        budget = self.lookups.per_pass
+        client: MdmClient | None = None
+        try:
+            for serial in serials:
+                key = (
                     integration.tenant_id,
-                    error,
+                    integration.vendor,
+                    planner.normalize_serial(serial) or "",
                 )
-                deferred.update(
-                    planner.normalize_serial(s) or ""
-                    for s in missing
-                    if self.lookups.get(
-                        (
+                found = self.lookups.get(key, now)
+                if found is None:
+                    if budget <= 0:
+                        waiting.add(key[2])
+                        continue
+                    client = client or self.client_for(integration)
+                    try:
+                        found = await client.devices_by_serial(serial)
+                    except MdmError as error:
+                        log.warning(
+                            "%s lookup for tenant %s failed: %s",
+                            integration.vendor.value,
                             integration.tenant_id,
-                            integration.vendor,
-                            planner.normalize_serial(s) or "",
-                        ),
-                        now,
-                    )
-                    is None
-                )
-            finally:
-                if client is not None:
-                    await client.aclose()
-        return devices, deferred - found
+                            error,
+                        )
+                        budget = 0  # the rest waits for the next pass
+                        waiting.add(key[2])
+                        continue
+                    budget -= 1
+                    self.lookups.put(key, found, now)
+                devices.extend(found)
+        finally:
+            if client is not None:
+                await client.aclose()
+        return devices, waiting
 
     async def import_compliance(
         self, tenant: str, store: Callable[[list[ComplianceRecord]], Awaitable[None]]

@@ -336,3 +336,15 @@ async def test_lookups_are_remembered_and_budgeted_per_pass(world: World) -> Non
     third = await world.run()
     assert len(third["steps"]) == 2
     assert len(world.emulator.calls("GET", "/api/v1/devices")) == lookups  # remembered
+
+
+async def test_an_mdm_down_during_lookups_defers_rather_than_calls_laptops_unknown(
+    world: World,
+) -> None:
+    await world.drift("C02A")
+    world.emulator.inject(Fault(503), times=20, when=lambda r: r.path == "/api/v1/devices")
+    down = await world.run()
+    assert down["steps"] == [] and down["unresolvable"] == []
+    world.emulator.faults.clear()
+    back = await world.run()
+    assert [s["device_id"] for s in back["steps"]] == [world.devices["C02A"]]
