@@ -130,7 +130,7 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
             wait_ready(ports["admin"], process)
             result = run_load(
                 build_generator(), payloads, "http", ports["http"], token, seconds,
-                rate=rate, connections=512,
+                rate=rate, concurrency=1024,  # the HTTP connection pool
             )  # fmt: skip
             rss = _peak_rss_mib(process.pid)
         finally:
@@ -203,7 +203,7 @@ def _kafka_latency(data: Path, bootstrap: str, rate: float, seconds: float) -> d
             time.sleep(10)  # the worker joins its group and the sink subscribes
             result = run_load(
                 build_generator(), payloads, "http", ports["http"], token, seconds,
-                rate=rate, connections=512,
+                rate=rate, concurrency=1024,  # the HTTP connection pool
             )  # fmt: skip
             time.sleep(8)  # the last flags through the worker and the sink's batch
             hops = asyncio.run(_kafka_hops(bootstrap))
