@@ -328,7 +328,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--snapshots", type=int, default=100_000)
     parser.add_argument("--endpoints", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=1024)  # a fleet: ingest allows 4096
     parser.add_argument("--state-endpoints", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=10)
