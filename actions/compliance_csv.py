@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 
+from schemas.messages import aware
 from schemas.remediation import ComplianceRecord, ComplianceStatus, Vendor
 
 COLUMNS: Mapping[str, tuple[str, ...]] = {
@@ -50,7 +51,7 @@ STATUS_WORDS: Mapping[str, ComplianceStatus] = {
 
 
 class CsvImportError(ValueError):
-    pass
+    """A file that cannot be imported; the message names the line."""
 
 
 def parse(
@@ -103,7 +104,6 @@ def _when(text: str, default: datetime, line: int) -> datetime:
     if not text:
         return default
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise CsvImportError(f"line {line}: reported time {text!r} is not ISO 8601") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)

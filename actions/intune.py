@@ -38,6 +38,7 @@ from actions.mdm import (
     Sent,
     Session,
     Sleep,
+    vendor_time,
 )
 from schemas.remediation import ComplianceRecord, ComplianceStatus, Device, Vendor
 
@@ -361,13 +362,8 @@ def _serial(item: Mapping[str, Any]) -> str | None:
 
 def _when(value: Any) -> datetime | None:
     """A Graph timestamp; ``0001-01-01T00:00:00Z`` is Graph's "never" and counts as absent."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return None if parsed.year <= 1 else parsed
+    parsed = vendor_time(value)
+    return None if parsed is None or parsed.year <= 1 else parsed
 
 
 def _expect(response: httpx.Response, sent: Sent, statuses: set[int]) -> None:

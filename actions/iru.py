@@ -18,7 +18,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import httpx
@@ -34,6 +34,7 @@ from actions.mdm import (
     Session,
     Sleep,
     StaticBearer,
+    vendor_time,
 )
 from schemas.remediation import ComplianceRecord, ComplianceStatus, Device, Vendor
 
@@ -119,16 +120,6 @@ def _check_base_url(base_url: str) -> None:
             f"Iru base_url must be the API host only, e.g. {api_url('acme', 'us')} "
             f"(got a path, query or user info on {url.host})"
         )
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _serial(raw: Any) -> str | None:
@@ -302,7 +293,7 @@ class IruClient:
             raw = str(item.get("status"))
             status = STATUSES.get(raw, ComplianceStatus.UNKNOWN)
             reason = f"library item {item.get('name') or item_id!s} status {raw}"
-            reported_at = _parse_time(item.get("reported_at")) or imported_at
+            reported_at = vendor_time(item.get("reported_at")) or imported_at
         return ComplianceRecord(
             tenant_id=self.integration.tenant_id,
             vendor=Vendor.IRU,

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Self
 from xml.sax.saxutils import escape
 
@@ -41,6 +41,7 @@ from actions.mdm import (
     Session,
     Sleep,
     Unavailable,
+    vendor_time,
 )
 from schemas.remediation import ComplianceRecord, ComplianceStatus, Device, Vendor
 
@@ -235,7 +236,7 @@ class JamfClient:
             else:
                 status = ComplianceStatus.MISSING_PROFILE
                 reason = f"profile {identifier} not installed"
-            reported = _timestamp(_section(record, "general").get("reportDate"))
+            reported = vendor_time(_section(record, "general").get("reportDate"))
             out.append(
                 ComplianceRecord(
                     tenant_id=device.tenant_id,
@@ -358,17 +359,6 @@ def _items(value: object) -> list[dict[str, Any]]:
 
 def _text(value: object) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
-
-
-def _timestamp(value: object) -> datetime | None:
-    """Jamf's ISO 8601 dates (``2024-05-01T12:00:00.123Z``); naive ones are UTC."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _lists_id(response: httpx.Response, device_id: str) -> bool:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from schemas.messages import aware
 from schemas.remediation import ComplianceRecord, Device, Vendor
 
 log = logging.getLogger(__name__)
@@ -349,9 +350,17 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return max(0.0, (aware(when) - (now or datetime.now(UTC))).total_seconds())
+
+
+def vendor_time(value: object) -> datetime | None:
+    """An ISO 8601 time from a vendor's JSON (``…Z`` included); absent or unreadable is None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None
 
 
 # --- the session --------------------------------------------------------------------------

@@ -26,10 +26,9 @@ from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, MdmError
 from driftline.store import query_dicts
-from schemas.messages import DriftFlag, FlagKind, FlagState
+from schemas.messages import DriftFlag, FlagKind, FlagState, aware
 from schemas.policy import TenantPolicy
 from schemas.remediation import (
-    AuditRecord,
     AuditState,
     ComplianceRecord,
     ComplianceStatus,
@@ -74,8 +73,8 @@ def open_flags(client: Client, tenant: str) -> list[DriftFlag]:
             kind=FlagKind(row["kind"]),
             state=FlagState.RAISED,
             detail=row["detail"],
-            first_seen=_utc(row["first_seen"]),
-            last_seen=_utc(row["last_seen"]),
+            first_seen=aware(row["first_seen"]),
+            last_seen=aware(row["last_seen"]),
             policy_version=row["policy_version"],
         )
         for row in rows
@@ -111,8 +110,8 @@ def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
             serial_number=row["serial_number"],
             status=ComplianceStatus(row["status"]),
             reason=row["reason"],
-            reported_at=_utc(row["reported_at"]),
-            imported_at=_utc(row["imported_at"]),
+            reported_at=aware(row["reported_at"]),
+            imported_at=aware(row["imported_at"]),
         )
         for row in rows
     ]
@@ -129,7 +128,7 @@ def action_history(client: Client, tenant: str, cooldown: timedelta, now: dateti
     actions: dict[str, Past] = {}
     for row in rows:
         past = Past(
-            row["attempt"], frozenset(AuditState(s) for s in row["states"]), _utc(row["last_at"])
+            row["attempt"], frozenset(AuditState(s) for s in row["states"]), aware(row["last_at"])
         )
         if row["action_id"] not in actions or past.attempt > actions[row["action_id"]].attempt:
             actions[row["action_id"]] = past
@@ -141,12 +140,8 @@ def action_history(client: Client, tenant: str, cooldown: timedelta, now: dateti
         "GROUP BY vendor, device_id",
         {"tenant": tenant, "since": now - cooldown},
     )
-    last_sync = {(tenant, Vendor(r["vendor"]), r["device_id"]): _utc(r["last_at"]) for r in synced}
+    last_sync = {(tenant, Vendor(r["vendor"]), r["device_id"]): aware(r["last_at"]) for r in synced}
     return History(actions=actions, last_sync=last_sync)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- the service --------------------------------------------------------------------------
@@ -172,9 +167,6 @@ class Lookups:
 
     def put(self, key: tuple[str, Vendor, str], devices: list[Device], now: float) -> None:
         self._seen[key] = (now + (self.found_for if devices else self.missing_for), devices)
-
-
-Store = Callable[[AuditRecord | ComplianceRecord, bool], Awaitable[None]]
 
 
 @dataclass
@@ -205,9 +197,6 @@ class Remediation:
         self.audit = audit
         self.client_for = client_for
         self.clock = clock
-
-    def tenants(self) -> list[str]:
-        return sorted({i.tenant_id for i in self.integrations.all()})
 
     async def run(self, tenant: str) -> Outcome:
         """Plan from the store's current picture and carry it out (dry-run unless live)."""

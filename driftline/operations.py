@@ -37,6 +37,7 @@ from driftline.settings import Schedule
 from driftline.store import BatchWriter, query_dicts
 from schemas import topics
 from schemas.durations import parse_duration
+from schemas.messages import aware
 from schemas.policy import TenantPolicy
 from schemas.remediation import (
     ActionKind,
@@ -280,11 +281,9 @@ async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[st
     )
     now = ctx.clock()
     for row in rows:
-        synced = row["synced_at"]
-        synced = synced if synced.tzinfo else synced.replace(tzinfo=UTC)
         if row["remediated_at"] is not None:
             row["status"] = "remediated"
-        elif now - synced > stuck_after:
+        elif now - aware(row["synced_at"]) > stuck_after:
             row["status"] = "stuck"
         else:
             row["status"] = "pending"

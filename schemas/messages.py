@@ -14,12 +14,12 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
     """Naive datetimes are ambiguous across machines: read them as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-Timestamp = Annotated[datetime, AfterValidator(_aware)]
+Timestamp = Annotated[datetime, AfterValidator(aware)]
 
 
 class Message(BaseModel):
