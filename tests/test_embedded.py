@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -154,6 +155,8 @@ def test_the_api_refuses_callers_from_the_network(run: Run) -> None:
             probe.connect(("192.0.2.123", 9))
             address = probe.getsockname()[0]
     except OSError:
+        if os.environ.get("CI"):  # like a missing Kafka: under CI, a test that cannot run fails
+            pytest.fail("no network interface on this machine to call the admin port from")
         pytest.skip("no network interface on this machine to call from")
     run.start("--host", "0.0.0.0")
     admin = run.ports["admin"]
