@@ -88,7 +88,7 @@ class KafkaOptions:
 
     bootstrap: str
     client_id: str = "driftline"
-    linger_ms: int = 1
+    linger_ms: int = 5  # a batch waits up to 5 ms for more: fewer requests, each one broker work
     max_batch_size: int = 256 * 1024
     compression: str | None = "lz4"
     publish_timeout: float = 5.0

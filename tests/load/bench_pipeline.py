@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from driftline import store
 from driftline.bus import MemoryBus, Record
@@ -33,6 +35,7 @@ from schemas.policy import TenantPolicy, ToolPolicy
 from tests.load.bench_ingest import (
     _peak_rss_mib,
     build_generator,
+    cpu_seconds,
     run_load,
     write_payloads,
 )
@@ -159,20 +162,25 @@ def fresh_broker(data: Path) -> Iterator[str]:
         kafka_local.down(broker_dir)
 
 
-def kafka_latency(rate: float, seconds: float) -> dict[str, float]:
+def kafka_latency(rate: float, seconds: float) -> dict[str, Any]:
     """Telemetry → flag in ClickHouse through the Kafka deployment, all of it on this machine.
 
     A fresh broker (empty topics), `driftline ingest --bus kafka`, one Faust worker and the
     sink; the load generator sends one export per laptop at ``rate``. Latency per flag is its
     ClickHouse insert time (``drift_flags.recorded_at``) minus the receipt of the export that
-    raised it (``endpoint_states.last_received``): both server clocks of this machine.
+    raised it (``endpoint_states.last_received``): both server clocks of this machine. Also
+    the CPU each process used per snapshot, from the load's start until the last flag is
+    stored: what sizing a deployment needs, and why one machine runs out.
     """
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-kafka-"))
     with fresh_broker(data) as bootstrap:
-        return _kafka_latency(data, bootstrap, rate, seconds)
+        broker = int((data / "kafka" / "kafka.pid").read_text())
+        return _kafka_latency(data, bootstrap, broker, rate, seconds)
 
 
-def _kafka_latency(data: Path, bootstrap: str, rate: float, seconds: float) -> dict[str, float]:
+def _kafka_latency(
+    data: Path, bootstrap: str, broker: int, rate: float, seconds: float
+) -> dict[str, Any]:
     _, token = TokenStore(data / "tokens.db").create("bench")
     policy = data / "policy.json"
     policy.write_text(POLICY.model_copy(update={"version": 0}).to_json().decode())
@@ -197,15 +205,26 @@ def _kafka_latency(data: Path, bootstrap: str, rate: float, seconds: float) -> d
                 "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
                 "--admin-port", str(ports["admin"]),
             )  # fmt: skip
-            start("processors", "worker", "--data", str(data), "--bootstrap", bootstrap)
+            worker = start("processors", "worker", "--data", str(data), "--bootstrap", bootstrap)
             sink = start("sink", "--data", str(data), "--bootstrap", bootstrap, "--clickhouse", dsn)
             wait_ready(ports["admin"], ingest)
+            generator = build_generator()
             time.sleep(10)  # the worker joins its group and the sink subscribes
+            pids = {"receiver": ingest.pid, "worker": worker.pid, "sink": sink.pid}
+            pids["broker"] = broker
+            cpu = {name: -cpu_seconds(pid) for name, pid in pids.items()}
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = run_load(
-                build_generator(), payloads, "http", ports["http"], token, seconds,
+                generator, payloads, "http", ports["http"], token, seconds,
                 rate=rate, concurrency=1024,  # the HTTP connection pool
             )  # fmt: skip
+            generated = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu["load generator"] = (
+                generated.ru_utime + generated.ru_stime - children.ru_utime - children.ru_stime
+            )
             time.sleep(8)  # the last flags through the worker and the sink's batch
+            for name, pid in pids.items():
+                cpu[name] += cpu_seconds(pid)
             hops = asyncio.run(_kafka_hops(bootstrap))
         finally:
             for process in processes:
@@ -215,6 +234,9 @@ def _kafka_latency(data: Path, bootstrap: str, rate: float, seconds: float) -> d
     assert sink.returncode is not None
     client = store.connect(dsn)
     try:
+        ((snapshots,),) = client.query(
+            "SELECT uniqExact(endpoint_id) FROM endpoint_states"
+        ).result_rows
         (row,) = client.query(
             "SELECT count(), quantile(0.5)(ms), quantile(0.99)(ms) FROM ("
             "SELECT dateDiff('millisecond', e.received, f.recorded_at) AS ms FROM "
@@ -224,7 +246,15 @@ def _kafka_latency(data: Path, bootstrap: str, rate: float, seconds: float) -> d
         ).result_rows
     finally:
         client.close()
-    return {"rate": result["rate"], "flags": row[0], "p50": row[1], "p99": row[2], **hops}
+    per_snapshot = {name: seconds * 1000 / max(int(snapshots), 1) for name, seconds in cpu.items()}
+    return {
+        "rate": result["rate"],
+        "flags": row[0],
+        "p50": row[1],
+        "p99": row[2],
+        **hops,
+        "cpu_ms": per_snapshot,  # CPU milliseconds per snapshot, per process
+    }
 
 
 async def _kafka_hops(bootstrap: str) -> dict[str, float]:
@@ -333,6 +363,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--faust-snapshots", type=int, default=30_000)
+    parser.add_argument("--kafka-seconds", type=float, default=30)  # sustained, not a burst
     args = parser.parse_args()
     print("bench-pipeline (one worker each)")
     for resolution, what in ((0.0, "every snapshot written"), (60.0, "re-exports coalesced")):
@@ -359,14 +390,19 @@ def main() -> None:
         f"  Faust worker (Kafka): {faust:,.0f} snapshots/s draining "
         f"{args.faust_snapshots:,} snapshots over 2,000 endpoints"
     )
-    for rate in (args.rate, args.rate / 4):
-        through_kafka = kafka_latency(rate, args.seconds)
+    for rate in (args.rate, args.rate * 0.75, args.rate / 2):
+        through_kafka = kafka_latency(rate, args.kafka_seconds)
+        cpu: dict[str, float] = through_kafka["cpu_ms"]
+        total = sum(cpu.values())
         print(
-            f"  Kafka telemetry → flag in ClickHouse, {rate:,.0f} exports/s offered (ingest, "
-            f"Faust worker, sink, broker and load on these cores): "
-            f"{through_kafka['rate']:,.0f}/s answered, p50 {through_kafka['p50']:,.0f} ms, "
-            f"p99 {through_kafka['p99']:,.0f} ms over {through_kafka['flags']:,.0f} flags "
-            f"(snapshot → flag in Kafka p50 {through_kafka['processor_p50']:,.0f} ms)"
+            f"  Kafka telemetry → flag in ClickHouse, {rate:,.0f} exports/s offered for "
+            f"{args.kafka_seconds:.0f} s (ingest, Faust worker, sink, broker and load on these "
+            f"cores): {through_kafka['rate']:,.0f}/s answered, p50 {through_kafka['p50']:,.0f} "
+            f"ms, p99 {through_kafka['p99']:,.0f} ms over {through_kafka['flags']:,.0f} flags "
+            f"(snapshot → flag in Kafka p50 {through_kafka['processor_p50']:,.0f} ms)\n"
+            f"    CPU per snapshot: "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items())
+            + f"; {total:.2f} ms in all, {total * rate / 1000:.2f} cores at this rate"
         )
 
 
