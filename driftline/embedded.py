@@ -227,6 +227,7 @@ async def run(settings: Settings) -> None:
     try:
         await until_signalled()
     finally:
+        log.info("stopping")
         run_file(data).unlink(missing_ok=True)
         for task in (watcher, remediation):
             task.cancel()
@@ -236,3 +237,4 @@ async def run(settings: Settings) -> None:
         await admin_runner.cleanup()
         await writer.close()
         client.close()
+        log.info("stopped")

@@ -8,7 +8,6 @@ Prometheus metrics across workers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -21,8 +20,8 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from driftline.aio import wait_at_most
 from driftline.bus import Bus, KafkaBus, KafkaOptions, MemoryBus
-from driftline.runtime import tune_gc
 from driftline.settings import Settings
 from ingest import admin
 from ingest.receiver import Receiver, ReceiverOptions
@@ -120,7 +119,6 @@ async def _report_ready(service: IngestService, flags: SynchronizedArray[Any], s
 
 
 def _worker(settings: Settings, flags: SynchronizedArray[Any], slot: int) -> None:
-    tune_gc()  # a spawned process: nothing of its parent's set-up carries over
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker{slot} %(levelname)s %(name)s: %(message)s"
     )
@@ -174,8 +172,7 @@ async def _supervise(settings: Settings, workers: int) -> None:
         if len(restarts) > 5 * workers:
             log.error("receivers keep crashing; giving up")
             break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        await wait_at_most(stop, 1.0)
     for process in processes:
         process.terminate()
     for process in processes:

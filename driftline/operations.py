@@ -10,7 +10,6 @@ code, same results, whichever process owns the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from actions.service import (
     client_for,
     push_policy,
 )
+from driftline.aio import wait_at_most
 from driftline.bus import Bus, Record
 from driftline.settings import Schedule
 from driftline.store import BatchWriter, query_dicts
@@ -339,8 +339,7 @@ async def remediate_forever(ctx: Context, schedule: Schedule, wake: asyncio.Even
     pulled_at: float | None = None
     loop = asyncio.get_running_loop()
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=schedule.interval)
+        await wait_at_most(wake, schedule.interval)
         wake.clear()
         await asyncio.sleep(schedule.settle)
         tenants = sorted({i.tenant_id for i in ctx.integrations.all() if i.current is not None})

@@ -45,6 +45,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
+from driftline.aio import wait_at_most
 from schemas import AuthEvent, DriftFlag, EndpointSnapshot
 from schemas.remediation import AuditRecord, ComplianceRecord
 
@@ -787,8 +788,7 @@ class BatchWriter:
             if self._closing:
                 return
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await wait_at_most(self._wake, wait)
 
     async def _write(self, batch: _Batch) -> int:
         """Land a batch; returns how many of its rows were rejected for their data."""

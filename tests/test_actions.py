@@ -27,6 +27,7 @@ from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
 from actions.service import Lookups, client_for
 from driftline import operations, store
+from driftline.settings import Schedule
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from tests.emulators.base import Fault
@@ -348,3 +349,18 @@ async def test_an_mdm_down_during_lookups_defers_rather_than_calls_laptops_unkno
     world.emulator.faults.clear()
     back = await world.run()
     assert [s["device_id"] for s in back["steps"]] == [world.devices["C02A"]]
+
+
+async def test_the_remediation_loop_stops_when_cancelled_just_as_a_flag_wakes_it(
+    world: World,
+) -> None:
+    """`driftline run` hung on SIGTERM when a flag woke this loop in the same instant: Python
+    3.11's ``asyncio.wait_for`` returns the wake-up and drops the cancellation."""
+    wake = asyncio.Event()
+    schedule = Schedule(interval=3600, settle=0)
+    looping = asyncio.create_task(operations.remediate_forever(world.ctx, schedule, wake))
+    await asyncio.sleep(0.05)  # waiting to be woken
+    wake.set()
+    looping.cancel()
+    done, _ = await asyncio.wait({looping}, timeout=5)
+    assert looping in done and looping.cancelled()

@@ -137,15 +137,28 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
             )  # fmt: skip
             rss = _peak_rss_mib(process.pid)
         finally:
-            process.terminate()
-            process.wait(60)
+            stopped = _stop(process)
     return {
         "rate": result["rate"],
         "failed": result["failed"],
         "p50": result["p50_ms"],
         "p99": result["p99_ms"],
         "rss": rss,
+        "stopped": stopped,
     }
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``; whether it stopped on SIGTERM. A process that
+    does not stop is reported with the figures rather than losing the rest of the run."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    return True
 
 
 @contextmanager
@@ -230,7 +243,7 @@ def _kafka_latency(
             for process in processes:
                 process.terminate()
             for process in processes:
-                process.wait(60)
+                _stop(process)
     assert sink.returncode is not None
     client = store.connect(dsn)
     try:
@@ -384,6 +397,7 @@ def main() -> None:
             f"OTLP/HTTP: {latency['rate']:,.0f}/s answered, p50 {latency['p50']:.1f} ms, "
             f"p99 {latency['p99']:.1f} ms, {latency['failed']:.0f} failed, "
             f"peak RSS {latency['rss']:.0f} MiB"
+            + ("" if latency["stopped"] else " (DID NOT STOP within 60 s of SIGTERM: killed)")
         )
     faust = asyncio.run(faust_throughput(args.faust_snapshots, 2_000))
     print(
