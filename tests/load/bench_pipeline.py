@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from driftline import store
+from driftline import kafka_local, store
 from driftline.bus import MemoryBus, Record
 from driftline.embedded import Pipeline
 from ingest.tokens import TokenStore
@@ -138,7 +138,8 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
             )  # fmt: skip
             rss = _peak_rss_mib(process.pid)
         finally:
-            stopped = _stop(process)
+            process.terminate()
+            stopped = _stopped(process)
     return {
         "rate": result["rate"],
         "failed": result["failed"],
@@ -149,10 +150,9 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
     }
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
-    """SIGTERM, then SIGKILL after ``timeout``; whether it stopped on SIGTERM. A process that
-    does not stop is reported with the figures rather than losing the rest of the run."""
-    process.terminate()
+def _stopped(process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """Whether a process sent SIGTERM exits within ``timeout`` (else it is killed). One that
+    does not is reported with the figures rather than losing the rest of the run."""
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -166,8 +166,6 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
 def fresh_broker(data: Path) -> Iterator[str]:
     """A broker of our own with empty topics, stopped afterwards: an idle broker full of test
     topics costs a third of a core, which would skew every figure measured after it."""
-    from driftline import kafka_local
-
     broker_dir = data / "kafka"
     bootstrap = kafka_local.up(port=free_port(), data_dir=broker_dir)
     try:
@@ -188,7 +186,8 @@ def kafka_latency(rate: float, seconds: float) -> dict[str, Any]:
     """
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-kafka-"))
     with fresh_broker(data) as bootstrap:
-        broker = int((data / "kafka" / "kafka.pid").read_text())
+        broker = kafka_local.status(data / "kafka").pid
+        assert broker is not None
         return _kafka_latency(data, bootstrap, broker, rate, seconds)
 
 
@@ -224,8 +223,12 @@ def _kafka_latency(
             wait_ready(ports["admin"], ingest)
             generator = build_generator()
             time.sleep(10)  # the worker joins its group and the sink subscribes
-            pids = {"receiver": ingest.pid, "worker": worker.pid, "sink": sink.pid}
-            pids["broker"] = broker
+            pids = {
+                "receiver": ingest.pid,
+                "worker": worker.pid,
+                "sink": sink.pid,
+                "broker": broker,
+            }
             cpu = {name: -cpu_seconds(pid) for name, pid in pids.items()}
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = run_load(
@@ -244,7 +247,7 @@ def _kafka_latency(
             for process in processes:
                 process.terminate()
             for process in processes:
-                _stop(process)
+                _stopped(process)
     assert sink.returncode is not None
     client = store.connect(dsn)
     try:
