@@ -529,17 +529,18 @@ class BatchWriter:
     """Buffers rows per table and writes them in batches from one worker task.
 
     A buffer is written when it holds ``max_rows`` or its oldest row is ``max_delay`` seconds
-    old. Memory is bounded: once ``max_pending_rows`` are buffered or in flight, ``add`` waits,
-    which passes ClickHouse's pace back to the consumer (a Kafka sink stops fetching instead of
-    growing). Inserts run in a thread, one at a time, each batch with its own deduplication
-    token. A batch that fails because the store is unavailable is kept and retried with
-    exponential backoff until it lands or ``close`` gives up: ``retries`` and ``last_error`` show
-    a writer that is stuck. A batch refused for its *data* would fail the same way forever and
-    hold up every later row, so it is bisected instead: the good rows are written, each row
-    ClickHouse can never take is logged at ERROR, appended to the ``dead_letter`` JSON-lines
-    file (when given) and counted in ``rows_rejected``. Nothing is dropped silently. ``flush``
-    returns once everything added before it is written or dead-lettered (call it before
-    committing consumer offsets).
+    old (``delays`` overrides that per table: rows someone waits for go out sooner). Memory is
+    bounded: once ``max_pending_rows`` are buffered or in flight, ``add`` waits, which passes
+    ClickHouse's pace back to the consumer (a Kafka sink stops fetching instead of growing).
+    Inserts run in a thread, one at a time, each batch with its own deduplication token. A batch
+    that fails because the store is unavailable is kept and retried with exponential backoff
+    until it lands or ``close`` gives up: ``retries`` and ``last_error`` show a writer that is
+    stuck. A batch refused for its *data* would fail the same way forever and hold up every
+    later row, so it is bisected instead: the good rows are written, each row ClickHouse can
+    never take is logged at ERROR, appended to the ``dead_letter`` JSON-lines file (when given)
+    and counted in ``rows_rejected``. Nothing is dropped silently. ``flush`` returns once
+    everything added before it is written or dead-lettered (call it before committing consumer
+    offsets).
 
     ``client`` may be a client or a factory; a factory is called in the worker (and retried) so
     the writer can start while ClickHouse is still down, and the client it made is closed with
@@ -552,6 +553,7 @@ class BatchWriter:
         *,
         max_rows: int = 5000,
         max_delay: float = 1.0,
+        delays: Mapping[str, float] | None = None,
         max_pending_rows: int = 50_000,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -568,6 +570,7 @@ class BatchWriter:
             self._factory = client
         self.max_rows = max_rows
         self.max_delay = max_delay
+        self.delays = dict(delays or {})
         self.max_pending_rows = max_pending_rows
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -762,7 +765,7 @@ class BatchWriter:
         for table, buffer in self._buffers.items():
             if not buffer.rows:
                 continue
-            left = buffer.since + self.max_delay - now
+            left = buffer.since + self.delays.get(table, self.max_delay) - now
             if left <= 0:
                 self._seal(table)
             elif wait is None or left < wait:

@@ -424,6 +424,17 @@ async def test_writer_flushes_by_time(client: Client) -> None:
     assert count(client, "auth_events") == 3
 
 
+async def test_a_table_with_its_own_delay_is_written_without_waiting_for_the_others(
+    client: Client,
+) -> None:
+    async with BatchWriter(client, max_delay=60, delays={"drift_flags": 0.1}) as writer:
+        await writer.add(auth_event(0))
+        await writer.add(flag("f1", FlagState.RAISED, 1))
+        await eventually(lambda: count(client, "drift_flags") == 1)
+        assert count(client, "auth_events") == 0 and writer.pending_rows == 1
+    assert count(client, "auth_events") == 1
+
+
 async def test_writer_routes_every_table(client: Client) -> None:
     async with BatchWriter(client) as writer:
         await writer.add(snapshot(0))
