@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from ingest import grpc_server, http_server
+from ingest.http1 import Server, ServerOptions
 from ingest.service import IngestService
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ class Receiver:
         self.service = service
         self.options = options
         self._grpc = grpc_server.build_server(service, options.max_grpc_bytes, options.reuse_port)
-        self._http = web.AppRunner(
-            http_server.build_app(service, options.max_http_bytes), access_log=None
+        self._http = Server(
+            http_server.build_handler(service), ServerOptions(max_body_bytes=options.max_http_bytes)
         )
         self.grpc_port = 0
         self.http_port = 0
@@ -42,16 +42,14 @@ class Receiver:
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {opts.host}:{opts.grpc_port}")
         await self._grpc.start()
-        await self._http.setup()
         sock = _listen(opts.host, opts.http_port, opts.reuse_port)
         self.http_port = sock.getsockname()[1]
-        await web.SockSite(self._http, sock).start()
+        await self._http.start(sock)
         log.info("OTLP receiver on %s: gRPC %d, HTTP %d", opts.host, self.grpc_port, self.http_port)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, let in-flight ones finish, then flush AuthEvents."""
-        await self._grpc.stop(grace)
-        await self._http.cleanup()
+        await asyncio.gather(self._grpc.stop(grace), self._http.stop(grace))
         await self.service.drain()
 
 

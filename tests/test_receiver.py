@@ -283,6 +283,18 @@ async def test_wrong_content_type_is_415(running: RunningReceiver) -> None:
     assert response.status_code == 415
 
 
+async def test_unknown_paths_are_404_and_other_methods_405_with_a_status(
+    running: RunningReceiver,
+) -> None:
+    base = f"http://127.0.0.1:{running.http_port}"
+    async with httpx.AsyncClient() as client:
+        missing = await client.post(f"{base}/v1/profiles", content=b"")
+        wrong = await client.get(f"{base}/v1/metrics")
+    assert missing.status_code == 404 and "/v1/profiles" in missing.json()["message"]
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["message"] == "use POST"
+
+
 async def test_oversize_bodies_are_refused(tmp_path: Path) -> None:
     running = await start_receiver(
         tmp_path,

@@ -1,0 +1,352 @@
+"""A small HTTP/1.1 server for the OTLP/HTTP hot path: llhttp (httptools) parses, we answer.
+
+Why not aiohttp: on the bench machine aiohttp spent 0.13 ms of CPU per request before the
+handler ran, this 0.04 ms, and at 2,000 exports/s that difference is a tenth of two cores
+shared with Kafka and the processors. The admin port (health, metrics) stays on aiohttp.
+
+What it does, and no more: keep-alive and pipelined requests (answered in order, at most
+``_MAX_QUEUED`` queued before reading pauses); Content-Length and chunked bodies capped at
+``max_body_bytes`` (a declared size over it is refused before reading, and the connection
+closed); gzip/deflate bodies decoded under the same cap, so a small bomb cannot balloon;
+``Expect: 100-continue``; idle and slow-request timeouts; a graceful ``stop``. Requests the
+transport refuses (too large, an unknown encoding) still reach the handler, with ``problem``
+set and no body, so errors are formatted in one place. Unparseable HTTP gets a plain 400 and
+the connection is closed; every other connection keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Final
+
+import httptools
+
+from driftline.aio import wait_at_most
+
+log = logging.getLogger(__name__)
+
+_MAX_QUEUED: Final = 8  # pipelined requests waiting per connection before reading pauses
+_REASONS: Final = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
+    peer: str
+    body: bytes = b""  # decoded (Content-Encoding undone)
+    problem: tuple[int, str] | None = None  # refused by the transport; body is then empty
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-cased (aiohttp's default when absent)."""
+        value = self.headers.get("content-type", "application/octet-stream")
+        return value.partition(";")[0].strip().lower()
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    max_body_bytes: int = 20 * 1024 * 1024
+    idle_timeout: float = 75.0  # a keep-alive connection with no request is closed after this
+    request_timeout: float = 60.0  # … and one whose request has not fully arrived by then
+
+
+class Server:
+    """Serves ``handler`` on listening sockets; ``stop`` lets answered requests finish."""
+
+    def __init__(self, handler: Handler, options: ServerOptions | None = None) -> None:
+        self.handler = handler
+        self.options = options or ServerOptions()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[_Connection] = set()
+        self._all_closed = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._date = b""
+        self._date_second = 0
+        self.closing = False
+
+    def date(self) -> bytes:
+        """The Date header, formatted once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = formatdate(now, usegmt=True).encode()
+        return self._date
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_forever(), name="http1-sweeper")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; finish requests already received (up to ``grace``); close."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for connection in list(self._connections):
+            connection.close_when_idle()
+        if self._connections:
+            await wait_at_most(self._all_closed, grace)
+        for connection in list(self._connections):
+            connection.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep_forever(self) -> None:
+        """Close idle and stalled connections: one timer for all of them, not one per request."""
+        period = min(self.options.idle_timeout, self.options.request_timeout, 5.0) / 2
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                connection.expire(now)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.peer = ""
+        self.queue: deque[tuple[Request, bool]] = deque()  # request, keep-alive
+        self.worker: asyncio.Task[None] | None = None
+        self.paused = False
+        self.closing = False
+        self.active_since = time.monotonic()  # start of the current request, or of idleness
+        self.receiving = False  # between a request's first byte and its last
+        # the request being received
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.problem: tuple[int, str] | None = None
+
+    # ------------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # a request being handled is finished, not cancelled: its snapshot may be on its way
+        # to Kafka already, and the client, with no answer, sends it again (at least once)
+        self.server._connections.discard(self)
+        self.closing = True
+        if self.server.closing and not self.server._connections:
+            self.server._all_closed.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as error:
+            self._refuse(400, f"malformed HTTP request: {error}")
+
+    # --------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.receiving = True
+        self.active_since = time.monotonic()
+        self.url = b""
+        self.headers = {}
+        self.chunks = []
+        self.size = 0
+        self.problem = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        limit = self.server.options.max_body_bytes
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.problem = (413, f"request body over {limit} bytes")
+            self._answer_early()
+            return
+        encoding = self.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            self.problem = (415, f"unsupported content encoding {encoding!r}; use gzip")
+        elif self.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.problem is not None:
+            return  # refused already: the body is read past, not kept
+        self.size += len(body)
+        limit = self.server.options.max_body_bytes
+        if self.size > limit:
+            self.chunks = []
+            self.problem = (413, f"request body over {limit} bytes")
+            self._answer_early()
+            return
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.receiving = False
+        self.active_since = time.monotonic()
+        if self.closing:
+            return
+        body = b"".join(self.chunks)
+        self.chunks = []
+        problem = self.problem
+        if problem is None and body:
+            body, problem = _decoded(body, self.headers, self.server.options.max_body_bytes)
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        request = Request(
+            self.parser.get_method().decode("latin-1"), path, self.headers, self.peer, body, problem
+        )
+        self._enqueue(request, self.parser.should_keep_alive())
+
+    # -------------------------------------------------------------------------- answering
+
+    def _answer_early(self) -> None:
+        """Refuse without reading the rest of the body: answer, then close."""
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        request = Request(
+            self.parser.get_method().decode("latin-1"), path, self.headers, self.peer, b"",
+            self.problem,
+        )  # fmt: skip
+        self.receiving = False
+        self.closing = True  # read no further; the parser's state is abandoned with it
+        self.transport.pause_reading()
+        self.queue.append((request, False))
+        self._start_worker()
+
+    def _enqueue(self, request: Request, keep_alive: bool) -> None:
+        self.queue.append((request, keep_alive))
+        if len(self.queue) >= _MAX_QUEUED and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.get_running_loop().create_task(self._answer_queued())
+
+    async def _answer_queued(self) -> None:
+        while self.queue:
+            request, keep_alive = self.queue.popleft()
+            try:
+                response = await self.server.handler(request)
+            except Exception:
+                log.exception("handling %s %s failed", request.method, request.path)
+                response = Response(500, b"internal error")
+                keep_alive = False
+            keep_alive = keep_alive and not self.server.closing
+            if self.transport.is_closing():
+                return
+            self.transport.write(self._encode(response, keep_alive, request.method == "HEAD"))
+            if not keep_alive:
+                self.transport.close()
+                self.queue.clear()
+                return
+            if self.paused and len(self.queue) < _MAX_QUEUED // 2:
+                self.paused = False
+                self.transport.resume_reading()
+        if self.server.closing and not self.receiving:
+            self.transport.close()
+
+    def _encode(self, response: Response, keep_alive: bool, head: bool = False) -> bytes:
+        lines = [
+            b"HTTP/1.1 %d %s" % (response.status, _REASONS.get(response.status, "").encode()),
+            b"Date: " + self.server.date(),
+            b"Content-Type: " + response.content_type.encode("latin-1"),
+            b"Content-Length: %d" % len(response.body),
+        ]
+        lines += [f"{name}: {value}".encode("latin-1") for name, value in response.headers.items()]
+        if not keep_alive:
+            lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else response.body)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request that cannot be parsed: answer plainly and close (no handler)."""
+        self.closing = True
+        if not self.transport.is_closing():
+            self.transport.write(self._encode(Response(status, message.encode()), False))
+            self.transport.close()
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def close_when_idle(self) -> None:
+        if not self.receiving and (self.worker is None or self.worker.done()):
+            self.transport.close()
+
+    def expire(self, now: float) -> None:
+        if self.worker is not None and not self.worker.done():
+            return  # being answered
+        options = self.server.options
+        if self.receiving and now - self.active_since > options.request_timeout:
+            self._refuse(408, "request not received in time")
+        elif not self.receiving and now - self.active_since > options.idle_timeout:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+def _decoded(
+    body: bytes, headers: dict[str, str], limit: int
+) -> tuple[bytes, tuple[int, str] | None]:
+    """Undo gzip/deflate (zlib or raw) under ``limit`` bytes of output."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body, None
+    for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):  # gzip or zlib header; else raw
+        decoder = zlib.decompressobj(wbits)
+        try:
+            data = decoder.decompress(body, limit + 1)
+        except zlib.error as error:
+            if encoding == "deflate" and wbits > 0:
+                continue
+            return b"", (400, f"cannot decode {encoding} body: {error}")
+        if len(data) > limit:
+            return b"", (413, f"request body over {limit} bytes")
+        if not decoder.eof:
+            return b"", (400, f"cannot decode {encoding} body: truncated")
+        return data, None
+    return b"", (400, f"cannot decode {encoding} body")
