@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
 
-from driftline.bus import KafkaBus, KafkaOptions
+from driftline.bus import KafkaBus, KafkaOptions, Record
 from schemas import AuthEvent, AuthReason, EndpointSnapshot, topics
 from tests.conftest import RunningReceiver, start_receiver
 from tests.support.otel import Protocol, claude_resource, export_logs, export_metrics
@@ -90,3 +91,35 @@ async def test_retired_token_yields_an_auth_event_on_kafka(
     [value] = await read_key(kafka, topics.AUTH_EVENTS, f"acme/{serial}")
     event = AuthEvent.from_json(value)
     assert (event.reason, event.tenant_id) == (AuthReason.RETIRED, "acme")
+
+
+async def test_records_land_in_the_partition_the_processors_compute(kafka: str) -> None:
+    """The processors send re-evaluation requests to the partition holding an endpoint's
+    state; that only works if ingest partitions keys as they do (Kafka's murmur2)."""
+    bus = KafkaBus(KafkaOptions(kafka, client_id="test-partitions"))
+    await bus.start()
+    await bus.wait_ready(20)  # connected, topics made
+    run = uuid.uuid4().hex[:8]
+    keys = {f"acme/partitioned-{run}-{n}" for n in range(48)}
+    try:
+        await bus.publish([Record(topics.SNAPSHOTS, key, b"{}") for key in sorted(keys)])
+    finally:
+        await bus.stop()
+    consumer = AIOKafkaConsumer(
+        topics.SNAPSHOTS, bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    landed: dict[str, int] = {}
+    try:
+        async with asyncio.timeout(20):
+            while len(landed) < len(keys):
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    for message in messages:
+                        if message.key.decode() in keys:
+                            landed[message.key.decode()] = message.partition
+        every = sorted(consumer.partitions_for_topic(topics.SNAPSHOTS))
+    finally:
+        await consumer.stop()
+    murmur2 = DefaultPartitioner()
+    assert landed == {key: murmur2(key.encode(), every, every) for key in keys}
+    assert len(set(landed.values())) > 1
