@@ -6,7 +6,7 @@ detector state per endpoint at 100k endpoints, telemetry → flag-in-ClickHouse 
 a real `driftline run` (an export is answered only once its snapshot and flags are stored, so
 the answer time is that latency) at the target rate and at three quarters of it, the Faust
 worker draining a backlog, and telemetry → flag-in-ClickHouse latency through the Kafka
-deployment (ingest, one Faust worker, the sink, a broker of its own) sustained for 30 s at the
+deployment (ingest, two Faust workers, the sink, a broker of its own) sustained for 30 s at the
 target rate, three quarters and half of it, with the CPU each process used per snapshot.
 """
 
@@ -174,25 +174,27 @@ def fresh_broker(data: Path) -> Iterator[str]:
         kafka_local.down(broker_dir)
 
 
-def kafka_latency(rate: float, seconds: float) -> dict[str, Any]:
+def kafka_latency(rate: float, seconds: float, workers: int = 2) -> dict[str, Any]:
     """Telemetry → flag in ClickHouse through the Kafka deployment, all of it on this machine.
 
-    A fresh broker (empty topics), `driftline ingest --bus kafka`, one Faust worker and the
-    sink; the load generator sends one export per laptop at ``rate``. Latency per flag is its
-    ClickHouse insert time (``drift_flags.recorded_at``) minus the receipt of the export that
-    raised it (``endpoint_states.last_received``): both server clocks of this machine. Also
-    the CPU each process used per snapshot, from the load's start until the last flag is
-    stored: what sizing a deployment needs, and why one machine runs out.
+    A fresh broker (empty topics), `driftline ingest --bus kafka`, ``workers`` Faust workers
+    (one per core: a worker is one thread, and one alone, sharing its core with everything else,
+    fell behind at 2,000/s in some runs and never caught up) and the sink; the load generator
+    sends one export per laptop at ``rate``. Latency per flag is its ClickHouse insert time
+    (``drift_flags.recorded_at``) minus the receipt of the export that raised it
+    (``endpoint_states.last_received``): both server clocks of this machine. Also the CPU each
+    process used per snapshot, from the load's start until the last flag is stored: what sizing
+    a deployment needs, and why one machine runs out.
     """
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-kafka-"))
     with fresh_broker(data) as bootstrap:
         broker = kafka_local.status(data / "kafka").pid
         assert broker is not None
-        return _kafka_latency(data, bootstrap, broker, rate, seconds)
+        return _kafka_latency(data, bootstrap, broker, rate, seconds, workers)
 
 
 def _kafka_latency(
-    data: Path, bootstrap: str, broker: int, rate: float, seconds: float
+    data: Path, bootstrap: str, broker: int, rate: float, seconds: float, workers: int
 ) -> dict[str, Any]:
     _, token = TokenStore(data / "tokens.db").create("bench")
     policy = data / "policy.json"
@@ -218,18 +220,22 @@ def _kafka_latency(
                 "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
                 "--admin-port", str(ports["admin"]),
             )  # fmt: skip
-            worker = start("processors", "worker", "--data", str(data), "--bootstrap", bootstrap)
+            worker_pids = [
+                start("processors", "worker", "--data", str(data / f"worker-{n}"),
+                      "--bootstrap", bootstrap).pid
+                for n in range(workers)
+            ]  # fmt: skip
             sink = start("sink", "--data", str(data), "--bootstrap", bootstrap, "--clickhouse", dsn)
             wait_ready(ports["admin"], ingest)
             generator = build_generator()
             time.sleep(10)  # the worker joins its group and the sink subscribes
             pids = {
-                "receiver": ingest.pid,
-                "worker": worker.pid,
-                "sink": sink.pid,
-                "broker": broker,
+                "receiver": [ingest.pid],
+                "workers" if workers > 1 else "worker": worker_pids,
+                "sink": [sink.pid],
+                "broker": [broker],
             }
-            cpu = {name: -cpu_seconds(pid) for name, pid in pids.items()}
+            cpu = {name: -sum(map(cpu_seconds, group)) for name, group in pids.items()}
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             result = run_load(
                 generator, payloads, "http", ports["http"], token, seconds,
@@ -240,8 +246,8 @@ def _kafka_latency(
                 generated.ru_utime + generated.ru_stime - children.ru_utime - children.ru_stime
             )
             time.sleep(8)  # the last flags through the worker and the sink's batch
-            for name, pid in pids.items():
-                cpu[name] += cpu_seconds(pid)
+            for name, group in pids.items():
+                cpu[name] += sum(map(cpu_seconds, group))
             hops = asyncio.run(_kafka_hops(bootstrap))
         finally:
             for process in processes:
@@ -381,6 +387,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--faust-snapshots", type=int, default=30_000)
     parser.add_argument("--kafka-seconds", type=float, default=30)  # sustained, not a burst
+    parser.add_argument("--kafka-workers", type=int, default=2)  # Faust workers: one per core
     args = parser.parse_args()
     print("bench-pipeline (one worker each)")
     for resolution, what in ((0.0, "every snapshot written"), (60.0, "re-exports coalesced")):
@@ -409,14 +416,15 @@ def main() -> None:
         f"{args.faust_snapshots:,} snapshots over 2,000 endpoints"
     )
     for rate in (args.rate, args.rate * 0.75, args.rate / 2):
-        through_kafka = kafka_latency(rate, args.kafka_seconds)
+        through_kafka = kafka_latency(rate, args.kafka_seconds, args.kafka_workers)
         cpu: dict[str, float] = through_kafka["cpu_ms"]
         total = sum(cpu.values())
         print(
             f"  Kafka telemetry → flag in ClickHouse, {rate:,.0f} exports/s offered for "
-            f"{args.kafka_seconds:.0f} s (ingest, Faust worker, sink, broker and load on these "
-            f"cores): {through_kafka['rate']:,.0f}/s answered, p50 {through_kafka['p50']:,.0f} "
-            f"ms, p99 {through_kafka['p99']:,.0f} ms over {through_kafka['flags']:,.0f} flags "
+            f"{args.kafka_seconds:.0f} s (ingest, {args.kafka_workers} Faust workers, sink, "
+            f"broker and load on these cores): {through_kafka['rate']:,.0f}/s answered, "
+            f"p50 {through_kafka['p50']:,.0f} ms, p99 {through_kafka['p99']:,.0f} ms over "
+            f"{through_kafka['flags']:,.0f} flags "
             f"(snapshot → flag in Kafka p50 {through_kafka['processor_p50']:,.0f} ms)\n"
             f"    CPU per snapshot: "
             + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items())
