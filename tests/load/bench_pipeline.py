@@ -389,7 +389,7 @@ def main() -> None:
     parser.add_argument("--kafka-seconds", type=float, default=30)  # sustained, not a burst
     parser.add_argument("--kafka-workers", type=int, default=2)  # Faust workers: one per core
     args = parser.parse_args()
-    print("bench-pipeline (one worker each)")
+    print("bench-pipeline (embedded and the Faust drain: one worker each)")
     for resolution, what in ((0.0, "every snapshot written"), (60.0, "re-exports coalesced")):
         throughput, rows = asyncio.run(
             embedded_throughput(args.snapshots, args.endpoints, args.concurrency, resolution)
