@@ -118,6 +118,31 @@ async def test_a_malformed_request_is_400_and_closed_while_others_are_served(
     assert running.seen[-1].path == "/v1/logs" and len(running.seen) == 1
 
 
+async def test_endless_headers_are_431_and_closed(running: Running) -> None:
+    reader, writer = await connect(running.port)
+    writer.write(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\n")
+    for n in range(100):
+        writer.write(f"X-Padding-{n}: {'a' * 1000}\r\n".encode())
+    status, headers, _ = await response(reader)
+    assert status == 431 and headers["connection"] == "close"
+    assert await closed(reader) and running.seen == []
+
+
+async def test_a_client_reading_no_answers_is_not_read_further() -> None:
+    async with serving(ServerOptions(max_body_bytes=200_000)) as run:
+        reader, writer = await connect(run.port)
+        request = post("/v1/metrics", b"x" * 100_000)
+        for _ in range(400):  # 40 MB of answers (echoes), none of them read for now
+            writer.write(request)
+        await asyncio.sleep(1)
+        # socket buffers fill, answering stops, then reading (at most _MAX_QUEUED waiting)
+        assert len(run.seen) < 300
+        for n in range(400):
+            assert (await response(reader))[0] == 200, n
+        assert len(run.seen) == 400
+        writer.close()
+
+
 async def test_a_declared_oversize_body_is_refused_before_it_is_sent(running: Running) -> None:
     reader, writer = await connect(running.port)
     writer.write(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
