@@ -88,7 +88,10 @@ class KafkaOptions:
 
     bootstrap: str
     client_id: str = "driftline"
-    linger_ms: int = 5  # a batch waits up to 5 ms for more: fewer requests, each one broker work
+    # A batch waits this long for more records. Keys spread records over every partition, so
+    # batches are small; 20 ms against 5 ms took the receiver from 0.39-0.43 to 0.37-0.38 ms of
+    # CPU per export at 2,000/s (three runs each), for ~12 ms more before an export's answer
+    linger_ms: int = 20
     max_batch_size: int = 256 * 1024
     compression: str | None = "lz4"
     publish_timeout: float = 5.0
