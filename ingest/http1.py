@@ -163,6 +163,7 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers: dict[str, str] = {}
         self.head_bytes = 0
+        self.encoding = "identity"
         self.chunks: list[bytes] = []
         self.size = 0
         self.problem: tuple[int, str] | None = None
@@ -206,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers = {}
         self.head_bytes = 0
+        self.encoding = "identity"
         self.chunks = []
         self.size = 0
         self.problem = None
@@ -229,12 +231,12 @@ class _Connection(asyncio.Protocol):
         limit = self.server.options.max_body_bytes
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            self.problem = (413, f"request body over {limit} bytes")
+            self.problem = _too_large(limit)
             self._answer_early()
             return
-        encoding = self.headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("identity", "gzip", "deflate"):
-            self.problem = (415, f"unsupported content encoding {encoding!r}; use gzip")
+        self.encoding = self.headers.get("content-encoding", "identity").strip().lower()
+        if self.encoding not in ("identity", "gzip", "deflate"):
+            self.problem = (415, f"unsupported content encoding {self.encoding!r}; use gzip")
         elif self.headers.get("expect", "").lower() == "100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -245,7 +247,7 @@ class _Connection(asyncio.Protocol):
         limit = self.server.options.max_body_bytes
         if self.size > limit:
             self.chunks = []
-            self.problem = (413, f"request body over {limit} bytes")
+            self.problem = _too_large(limit)
             self._answer_early()
             return
         self.chunks.append(body)
@@ -258,23 +260,20 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self.chunks)
         self.chunks = []
         problem = self.problem
-        if problem is None and body:
-            body, problem = _decoded(body, self.headers, self.server.options.max_body_bytes)
-        path = self.url.partition(b"?")[0].decode("latin-1")
-        request = Request(
-            self.parser.get_method().decode("latin-1"), path, self.headers, self.peer, body, problem
-        )
-        self._enqueue(request, self.parser.should_keep_alive())
+        if problem is None and body and self.encoding != "identity":
+            body, problem = _decoded(body, self.encoding, self.server.options.max_body_bytes)
+        self._enqueue(self._request(body, problem), self.parser.should_keep_alive())
 
     # -------------------------------------------------------------------------- answering
 
+    def _request(self, body: bytes, problem: tuple[int, str] | None) -> Request:
+        method = self.parser.get_method().decode("latin-1")
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        return Request(method, path, self.headers, self.peer, body, problem)
+
     def _answer_early(self) -> None:
         """Refuse without reading the rest of the body: answer, then close."""
-        path = self.url.partition(b"?")[0].decode("latin-1")
-        request = Request(
-            self.parser.get_method().decode("latin-1"), path, self.headers, self.peer, b"",
-            self.problem,
-        )  # fmt: skip
+        request = self._request(b"", self.problem)
         self.receiving = False
         self.closing = True  # read no further; the parser's state is abandoned with it
         self.transport.pause_reading()
@@ -358,24 +357,27 @@ class _Connection(asyncio.Protocol):
         self.transport.abort()
 
 
-def _decoded(
-    body: bytes, headers: dict[str, str], limit: int
-) -> tuple[bytes, tuple[int, str] | None]:
-    """Undo gzip/deflate (zlib or raw) under ``limit`` bytes of output."""
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return body, None
-    for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):  # gzip or zlib header; else raw
+def _decoded(body: bytes, encoding: str, limit: int) -> tuple[bytes, tuple[int, str] | None]:
+    """Undo gzip or deflate (zlib-wrapped, or raw as some clients send it) under ``limit``
+    bytes of output."""
+    attempts = [zlib.MAX_WBITS | 32]  # a gzip or zlib header, detected
+    if encoding == "deflate":
+        attempts.append(-zlib.MAX_WBITS)
+    failure: zlib.error | None = None
+    for wbits in attempts:
         decoder = zlib.decompressobj(wbits)
         try:
             data = decoder.decompress(body, limit + 1)
         except zlib.error as error:
-            if encoding == "deflate" and wbits > 0:
-                continue
-            return b"", (400, f"cannot decode {encoding} body: {error}")
+            failure = error
+            continue
         if len(data) > limit:
-            return b"", (413, f"request body over {limit} bytes")
+            return b"", _too_large(limit)
         if not decoder.eof:
             return b"", (400, f"cannot decode {encoding} body: truncated")
         return data, None
-    return b"", (400, f"cannot decode {encoding} body")
+    return b"", (400, f"cannot decode {encoding} body: {failure}")
+
+
+def _too_large(limit: int) -> tuple[int, str]:
+    return 413, f"request body over {limit} bytes"

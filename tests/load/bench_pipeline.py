@@ -228,7 +228,7 @@ def _kafka_latency(
             sink = start("sink", "--data", str(data), "--bootstrap", bootstrap, "--clickhouse", dsn)
             wait_ready(ports["admin"], ingest)
             generator = build_generator()
-            time.sleep(10)  # the worker joins its group and the sink subscribes
+            time.sleep(10)  # the workers join their group and the sink subscribes
             pids = {
                 "receiver": [ingest.pid],
                 "workers" if workers > 1 else "worker": worker_pids,
