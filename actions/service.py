@@ -25,7 +25,6 @@ from actions import planner, profiles
 from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, MdmError
-from driftline.store import query_dicts
 from schemas.messages import DriftFlag, FlagKind, FlagState, aware
 from schemas.policy import TenantPolicy
 from schemas.remediation import (
@@ -36,6 +35,7 @@ from schemas.remediation import (
     Plan,
     Vendor,
 )
+from store import query_dicts
 
 log = logging.getLogger(__name__)
 

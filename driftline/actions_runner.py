@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
+import store
+from actions import operations
 from actions.integrations import IntegrationStore
-from driftline import operations, store
-from driftline.bus import KafkaBus, KafkaOptions
+from bus import KafkaBus, KafkaOptions
 from driftline.ingest_runner import until_signalled
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -87,3 +90,25 @@ async def serve(settings: Settings, dsn: str, group: str, settle: float = 2.0) -
             await consumer.stop()
             await bus.stop()
     client.close()
+
+
+async def run_local(
+    dsn: str, data: Path, integrations: Path, name: str, args: dict[str, Any]
+) -> Any:
+    """Run one operation in this process, owning the store for its duration."""
+    client = await asyncio.to_thread(store.connect, dsn)
+    try:
+        await asyncio.to_thread(store.migrate, client)
+        async with store.BatchWriter(
+            client, max_delay=0.05, dead_letter=data / "dead-letter.jsonl"
+        ) as writer:
+            ctx = operations.Context(
+                store=client,
+                writer=writer,
+                data=data,
+                integrations=IntegrationStore(integrations),
+                policies=PolicyDirectory(data / "policies").get,
+            )
+            return await operations.run_operation(ctx, name, args)
+    finally:
+        client.close()

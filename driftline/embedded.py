@@ -20,9 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
+import store
+from actions import operations
 from actions.integrations import IntegrationStore
-from driftline import operations, queries, store
-from driftline.bus import MemoryBus, Record
+from bus import MemoryBus, Record
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -31,6 +32,7 @@ from ingest.receiver import Receiver
 from processors.engine import DriftEngine
 from processors.recovery import load_states
 from schemas import AuthEvent, DriftFlag, EndpointSnapshot, topics
+from store import queries
 
 log = logging.getLogger(__name__)
 

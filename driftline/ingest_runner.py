@@ -20,8 +20,8 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from driftline.aio import wait_at_most
-from driftline.bus import Bus, KafkaBus, KafkaOptions, MemoryBus
+from bus import Bus, KafkaBus, KafkaOptions, MemoryBus
+from bus.aio import wait_at_most
 from driftline.settings import Settings
 from ingest import admin
 from ingest.receiver import Receiver, ReceiverOptions

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from driftline.bus import KafkaBus, KafkaOptions, Record
+from bus import KafkaBus, KafkaOptions, Record
 from schemas import topics
 from schemas.policy import TenantPolicy
 

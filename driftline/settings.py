@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actions.schedule import Schedule
 from schemas import DEFAULT_IDENTITY_ATTRIBUTES
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When `driftline run` / `actions serve` remediate and pull compliance on their own."""
-
-    live: bool = False
-    interval: float = 60.0  # seconds between passes; a raised flag wakes one sooner
-    compliance_interval: float = 900.0  # seconds between compliance pulls through the APIs
-    settle: float = 0.2  # after a wake-up, for a burst of flags to land in the store
 
 
 class Settings(BaseSettings):

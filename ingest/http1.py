@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import httptools
 
-from driftline.aio import wait_at_most
+from bus.aio import wait_at_most
 
 log = logging.getLogger(__name__)
 

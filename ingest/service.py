@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 
-from driftline.bus import Bus, BusUnavailable, Record
+from bus import Bus, BusUnavailable, Record
 from ingest import metrics
 from ingest.codec import MalformedRequest
 from ingest.ratelimit import KeyedBuckets, TokenBucket

@@ -13,7 +13,6 @@ from datetime import datetime
 
 from clickhouse_connect.driver.client import Client
 
-from driftline.store import query_dicts
 from processors.state import (
     MAX_SIGHTINGS,
     SIGHTING_TTL,
@@ -26,6 +25,7 @@ from processors.state import (
 )
 from schemas import FlagKind
 from schemas.policy import MAX_STALE_THRESHOLD
+from store import query_dicts
 
 _KIND_ORDER = {kind: index for index, kind in enumerate(FlagKind)}
 

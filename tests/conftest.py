@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.bus import Bus, MemoryBus
+from bus import Bus, MemoryBus
 from ingest.receiver import Receiver, ReceiverOptions
 from ingest.service import IngestOptions, IngestService
 from ingest.tokens import Authenticator, TokenStore

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+import store
+from actions import operations
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
+from actions.schedule import Schedule
 from actions.service import Lookups, client_for
-from driftline import operations, store
-from driftline.settings import Schedule
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from tests.emulators.base import Fault

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+import store
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration
-from driftline import store
 from processors.topology import TopicNames, ensure_topics
 from schemas import topics
 from schemas.remediation import AuditRecord, Vendor

@@ -31,8 +31,6 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftline.sink import Sink, SinkOptions
-from driftline.store import connect, migrate
 from processors import codec
 from processors.detectors import apply
 from processors.faust_app import Processors, Stale, build
@@ -41,6 +39,8 @@ from processors.state import EndpointState, OpenFlag, Sighting, intern_keys
 from processors.topology import TopicNames, ensure_topics
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 from schemas.policy import StaleTokenPolicy, TenantPolicy, ToolPolicy
+from store import connect, migrate
+from store.sink import Sink, SinkOptions
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

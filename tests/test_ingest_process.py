@@ -13,7 +13,7 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from driftline.bus import KafkaBus, KafkaOptions, MemoryBus
+from bus import KafkaBus, KafkaOptions, MemoryBus
 from ingest import admin
 from ingest.tokens import TokenStore
 from tests.support.otel import claude_resource, export_logs, export_metrics

@@ -1,4 +1,4 @@
-"""The local broker of driftline.kafka_local: a real Kafka 4.0 JVM, on a port and data dir of
+"""The local broker of bus.kafka_local: a real Kafka 4.0 JVM, on a port and data dir of
 these tests' own so a developer's broker on 9092 or the suite's on 19092 is left alone."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from driftline import kafka_local
+from bus import kafka_local
 
 
 def _jars_obtainable() -> bool:

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actions.planner import NO_SERIAL, NOT_ENROLLED, action_id, normalize_serial, plan
-from driftline.store import TABLE_COLUMNS
 from schemas.messages import DriftFlag, FlagKind, FlagState, Message
 from schemas.remediation import (
     ActionKind,
@@ -24,6 +23,7 @@ from schemas.remediation import (
     Unresolvable,
     Vendor,
 )
+from store import TABLE_COLUMNS
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

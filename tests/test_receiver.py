@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from driftline.bus import KafkaBus, KafkaOptions, MemoryBus
+from bus import KafkaBus, KafkaOptions, MemoryBus
 from ingest.receiver import ReceiverOptions
 from schemas import AuthEvent, AuthReason, EndpointSnapshot, Signal, topics
 from tests.conftest import RunningReceiver, start_receiver

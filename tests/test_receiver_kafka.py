@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from driftline.bus import KafkaBus, KafkaOptions, Record
+from bus import KafkaBus, KafkaOptions, Record
 from schemas import AuthEvent, AuthReason, EndpointSnapshot, topics
 from tests.conftest import RunningReceiver, start_receiver
 from tests.support.otel import Protocol, claude_resource, export_logs, export_metrics

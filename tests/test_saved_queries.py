@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from driftline import store
+import store
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 
-QUERIES = Path(__file__).parents[1] / "schemas" / "queries"
+QUERIES = Path(__file__).parents[1] / "store" / "saved"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

@@ -23,10 +23,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from driftline.sink import Sink, SinkOptions, run_sink
-from driftline.store import Client, connect, migrate
 from processors.topology import TopicNames, ensure_topics
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
+from store import Client, connect, migrate
+from store.sink import Sink, SinkOptions, run_sink
 
 pytestmark = pytest.mark.kafka
 
@@ -349,7 +349,7 @@ async def test_serve_stops_cleanly_on_sigterm(kafka_topics: Topics, dsn: str, ka
     await kafka_topics.send_messages([snapshot(tenant, 1), auth_event(tenant, 2), flag(tenant, 3)])
     options = kafka_topics.options()
     code = (
-        "import logging, sys; from driftline.sink import serve, SinkOptions;"
+        "import logging, sys; from store.sink import serve, SinkOptions;"
         "logging.basicConfig(level=logging.INFO);"
         f"serve({kafka!r}, {dsn!r}, SinkOptions(group_id={options.group_id!r},"
         f" topic_prefix={options.topic_prefix!r}))"

@@ -22,14 +22,15 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
-from driftline.store import (
+from schemas import AuthEvent, DriftFlag, EndpointSnapshot
+from schemas.messages import AuthReason, FlagKind, FlagState, Signal
+from store import (
     DEFAULT_TTL_DAYS,
     BatchWriter,
     Client,
     Heartbeats,
     Migration,
     WriterClosed,
-    _about_data,
     applied_versions,
     connect,
     current_drift,
@@ -41,8 +42,7 @@ from driftline.store import (
     row_for,
     state_hash,
 )
-from schemas import AuthEvent, DriftFlag, EndpointSnapshot
-from schemas.messages import AuthReason, FlagKind, FlagState, Signal
+from store.refusals import about_data
 
 # Rows older than a table's TTL vanish on insert, so every time is relative to now.
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -575,7 +575,7 @@ def failure_of(action: Callable[[], object]) -> BaseException:
 def test_what_bad_values_and_an_unavailable_store_raise_is_told_apart(
     bare: Client, tmp_path: Path
 ) -> None:
-    """Pins the evidence ``_about_data`` is built on, so a client or chdb upgrade is noticed."""
+    """Pins the evidence ``about_data`` is built on, so a client or chdb upgrade is noticed."""
     bare.command(
         "CREATE TABLE probe (n UInt16, at DateTime64(3, 'UTC'), s String, "
         "CONSTRAINT small CHECK n < 100) ENGINE = MergeTree ORDER BY tuple()"
@@ -597,7 +597,7 @@ def test_what_bad_values_and_an_unavailable_store_raise_is_told_apart(
             row[index] = value
             for column_types in (None, types):
                 error = failure_of(functools.partial(insert, row, column_types))
-                assert _about_data(error), f"{columns[index]}={value!r}: {error!r}"
+                assert about_data(error), f"{columns[index]}={value!r}: {error!r}"
     assert count(bare, "probe") == 0
 
     unavailable = [
@@ -606,7 +606,7 @@ def test_what_bad_values_and_an_unavailable_store_raise_is_told_apart(
         failure_of(lambda: connect(f"http://127.0.0.1:{free_port()}")),  # connection refused
     ]
     for error in unavailable:
-        assert not _about_data(error), repr(error)
+        assert not about_data(error), repr(error)
 
 
 BAD_VALUES = [
@@ -655,7 +655,7 @@ async def test_durable_adds_return_once_their_bad_rows_are_rejected(
         for n in range(3)
     ]
     messages = [*good[:5], bad[0], *good[5:12], bad[1], bad[2], *good[12:]]
-    caplog.set_level(logging.ERROR, logger="driftline.store")
+    caplog.set_level(logging.ERROR, logger="store.writer")
     async with BatchWriter(client, max_delay=0.05) as writer:
         await asyncio.wait_for(
             asyncio.gather(writer.add_durably(messages[:10]), writer.add_durably(messages[10:])),
@@ -663,9 +663,7 @@ async def test_durable_adds_return_once_their_bad_rows_are_rejected(
         )
         assert (writer.rows_written, writer.rows_rejected) == (20, 3)
     assert count(client, "drift_flags") == 20
-    rejections = [
-        record.getMessage() for record in caplog.records if record.name == "driftline.store"
-    ]
+    rejections = [record.getMessage() for record in caplog.records if record.name == "store.writer"]
     assert len(rejections) == 3
     for flag_id, message in zip(("b0", "b1", "b2"), rejections, strict=True):
         assert "drift_flags" in message and "DataError" in message and flag_id in message
@@ -717,7 +715,7 @@ async def test_retried_halves_of_a_bisected_batch_are_written_once(
             reset.append(dedup_token)
             raise ConnectionResetError("connection reset after the insert landed")
 
-    monkeypatch.setattr("driftline.store.insert_rows", landed_then_reset)
+    monkeypatch.setattr("store.writer.insert_rows", landed_then_reset)
     rows = [row_for(auth_event(n))[1] for n in range(16)]
     rows[11] = {**rows[11], "observed_at": "not a date"}
     async with BatchWriter(
@@ -770,7 +768,7 @@ def test_chdb_one_engine_path_per_process(tmp_path: Path, dsn: str) -> None:
 
 
 def test_chdb_path_is_locked_against_a_second_process(dsn: str, bare: Client) -> None:
-    script = "import sys; from driftline.store import connect; connect(sys.argv[1])"
+    script = "import sys; from store import connect; connect(sys.argv[1])"
     result = subprocess.run(
         [sys.executable, "-c", script, dsn], capture_output=True, text=True, timeout=60
     )

@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from driftline import kafka_local, store
-from driftline.bus import MemoryBus, Record
+import store
+from bus import MemoryBus, Record, kafka_local
 from driftline.embedded import Pipeline
 from ingest.tokens import TokenStore
 from processors.engine import DriftEngine

@@ -1,7 +1,7 @@
 """One Kafka 4.0 broker for the test session, from wherever this machine can provide one.
 
 Order: ``KAFKA_BOOTSTRAP_SERVERS`` (CI or a developer's own broker), then a testcontainers broker
-when a Docker engine answers, then the local broker of ``driftline.kafka_local``.
+when a Docker engine answers, then the local broker of ``bus.kafka_local``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from driftline import kafka_local
+from bus import kafka_local
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_PORT = 19092

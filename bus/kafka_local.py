@@ -4,9 +4,9 @@ Machines without a Docker engine still get the same broker that production runs:
 from Maven Central through ``mvn`` once, then ``up`` starts a detached JVM whose config, data,
 logs and pid file all live in one data directory, so reruns reuse it and ``down`` finds it.
 
-    python -m driftline.kafka_local up [--port N] [--data DIR]
-    python -m driftline.kafka_local status [--data DIR]
-    python -m driftline.kafka_local down [--data DIR]
+    python -m bus.kafka_local up [--port N] [--data DIR]
+    python -m bus.kafka_local status [--data DIR]
+    python -m bus.kafka_local down [--data DIR]
 
 Needs ``java`` (17+) and, for the first download, ``mvn``. POSIX only (flock, signals).
 """
@@ -642,7 +642,7 @@ def _log_tails(data_dir: Path, server_log_offset: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m driftline.kafka_local",
+        prog="python -m bus.kafka_local",
         description="Run a local single-node Kafka broker (KRaft) from the official jars.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

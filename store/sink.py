@@ -29,9 +29,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from driftline.store import BatchWriter, Client, Heartbeats, StoreMessage, connect, migrate
 from schemas import topics
 from schemas.messages import AuthEvent, DriftFlag, EndpointSnapshot
+from store import BatchWriter, Client, Heartbeats, StoreMessage, connect, migrate
 
 log = logging.getLogger(__name__)
 

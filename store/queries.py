@@ -1,4 +1,4 @@
-"""The questions `driftline drift` and `driftline endpoint` answer, as bound-parameter SQL.
+"""The questions the CLI and the stages ask the store, as bound-parameter SQL; saved SQL files.
 
 Every query is scoped to one tenant; `tenant=None` (all tenants) is for administrators and only
 reachable through an explicit `--all-tenants` flag.
@@ -10,7 +10,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from driftline.store import query_dicts
+from store.client import query_dicts
+from store.rows import TABLE_COLUMNS
 
 # SQL here is assembled only from these constants; every value is a bound parameter, which is
 # why the S608 (SQL built from strings) warnings below are silenced.
@@ -22,6 +23,32 @@ def _where(**filters: str) -> str:
         _OPTIONAL.replace("{name", "{" + name).replace("{column}", column)
         for name, column in filters.items()
     )
+
+
+def current_drift(client: Client, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's open drift flags with their endpoint's team, service and version."""
+    return query_dicts(
+        client,
+        "SELECT * FROM drift_current WHERE tenant_id = {tenant_id:String} "
+        "ORDER BY endpoint_id, kind, flag_id",
+        {"tenant_id": tenant_id},
+    )
+
+
+def latest_endpoints(client: Client, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's endpoints, each in its latest known state."""
+    return query_dicts(
+        client,
+        "SELECT * FROM endpoints_latest WHERE tenant_id = {tenant_id:String} ORDER BY endpoint_id",
+        {"tenant_id": tenant_id},
+    )
+
+
+def optimize(client: Client, table: str) -> None:
+    """Merge a table's parts now (tests, maintenance); queries never depend on it."""
+    if table not in TABLE_COLUMNS:
+        raise ValueError(f"unknown table {table!r}")
+    client.command("OPTIMIZE TABLE {table:Identifier} FINAL", parameters={"table": table})
 
 
 def drift(

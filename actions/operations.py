@@ -23,6 +23,7 @@ from actions import compliance_csv, planner
 from actions.executor import Executor, ExecutorOptions
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
+from actions.schedule import Schedule
 from actions.service import (
     Lookups,
     PushEntry,
@@ -31,10 +32,8 @@ from actions.service import (
     client_for,
     push_policy,
 )
-from driftline.aio import wait_at_most
-from driftline.bus import Bus, Record
-from driftline.settings import Schedule
-from driftline.store import BatchWriter, query_dicts
+from bus import Bus, Record
+from bus.aio import wait_at_most
 from schemas import topics
 from schemas.durations import parse_duration
 from schemas.messages import aware
@@ -49,6 +48,7 @@ from schemas.remediation import (
     ReasonSource,
     Vendor,
 )
+from store import BatchWriter, query_dicts
 
 log = logging.getLogger(__name__)
 
@@ -304,31 +304,6 @@ async def run_operation(ctx: Context, name: str, args: dict[str, Any]) -> Any:
     if operation is None:
         raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS)}")
     return await operation(ctx, args)
-
-
-async def run_local(
-    dsn: str, data: Path, integrations: Path, name: str, args: dict[str, Any]
-) -> Any:
-    """Run one operation in this process, owning the store for its duration."""
-    from driftline import store
-    from driftline.policies import PolicyDirectory
-
-    client = await asyncio.to_thread(store.connect, dsn)
-    try:
-        await asyncio.to_thread(store.migrate, client)
-        async with BatchWriter(
-            client, max_delay=0.05, dead_letter=data / "dead-letter.jsonl"
-        ) as writer:
-            ctx = Context(
-                store=client,
-                writer=writer,
-                data=data,
-                integrations=IntegrationStore(integrations),
-                policies=PolicyDirectory(data / "policies").get,
-            )
-            return await run_operation(ctx, name, args)
-    finally:
-        client.close()
 
 
 async def remediate_forever(ctx: Context, schedule: Schedule, wake: asyncio.Event) -> None:

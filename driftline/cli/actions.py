@@ -1,0 +1,98 @@
+"""`driftline actions`: plan and send force-syncs, serve, the kill switch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from driftline.cli.common import add_setting_flags, operate, print_table, settings_of
+
+
+def _cmd_actions_run(args: argparse.Namespace) -> int:
+    result = operate(
+        args,
+        "actions-run",
+        {
+            "tenant": args.tenant,
+            "live": args.live,
+            "max_devices": args.max_devices,
+            "cooldown": args.cooldown,
+        },
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    mode = "DRY RUN (nothing sent; --live to act)" if result["dry_run"] else "LIVE"
+    print(f"remediation for {result['tenant']}: {mode}")
+    final = {}
+    for step in result["steps"]:
+        final[step["action_id"]] = step
+    print_table(
+        list(final.values()),
+        ["vendor", "device_id", "serial_number", "endpoint_id", "state", "reason", "detail"],
+    )
+    if result["unresolvable"]:
+        print("\nendpoints with drift but no single MDM device (not acted on):")
+        print_table(result["unresolvable"], ["endpoint_id", "serial_number", "why"])
+    print("\n" + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    return 1 if result["counts"]["failed"] else 0
+
+
+def _cmd_actions_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from driftline.actions_runner import serve
+    from driftline.embedded import store_path
+
+    settings = settings_of(args)
+    dsn = args.clickhouse or f"chdb://{store_path(settings.data).resolve()}"
+    uvloop.run(serve(settings, dsn, args.group, settle=args.settle))
+    return 0
+
+
+def _cmd_actions_switch(args: argparse.Namespace) -> int:
+    switch = settings_of(args).data / "actions.disabled"
+    if args.actions_command == "stop":
+        switch.parent.mkdir(parents=True, exist_ok=True)
+        switch.write_text("remediation stopped by `driftline actions stop`\n")
+        print(f"kill switch engaged ({switch}): no MDM action will be sent")
+    else:
+        switch.unlink(missing_ok=True)
+        print("kill switch released: live runs may act again")
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    actions = commands.add_parser("actions", help="remediation: plan, act, stop")
+    action_commands = actions.add_subparsers(
+        dest="actions_command", required=True, metavar="ACTION"
+    )
+    actions_run = action_commands.add_parser(
+        "run", help="plan force-syncs for a tenant and audit them (dry-run unless --live)"
+    )
+    actions_run.add_argument("--tenant", required=True)
+    actions_run.add_argument("--live", action="store_true", help="send to the MDMs")
+    actions_run.add_argument("--max-devices", type=int, default=100, help="cap per run")
+    actions_run.add_argument("--cooldown", default="1h", help="per-device quiet time")
+    actions_run.add_argument("--json", action="store_true")
+    actions_run.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    actions_run.set_defaults(func=_cmd_actions_run)
+    actions_serve = action_commands.add_parser(
+        "serve",
+        help="Kafka deployment: remediate on new drift from driftline.flags (dry-run unless "
+        "DRIFTLINE_ACTIONS_LIVE=1)",
+    )
+    add_setting_flags(actions_serve, "--bootstrap")
+    actions_serve.add_argument("--clickhouse", default=None, help="DSN of the ClickHouse server")
+    actions_serve.add_argument("--group", default="driftline-actions", help="Kafka consumer group")
+    actions_serve.add_argument(
+        "--settle", type=float, default=2.0, help="seconds for the sink to store new flags"
+    )
+    actions_serve.set_defaults(func=_cmd_actions_serve)
+    stop = action_commands.add_parser("stop", help="kill switch: no MDM action is sent")
+    resume = action_commands.add_parser("resume", help="release the kill switch")
+    for sub in (stop, resume):
+        sub.set_defaults(func=_cmd_actions_switch)
+    for sub in (actions_run, actions_serve, stop, resume):
+        add_setting_flags(sub, "--data")

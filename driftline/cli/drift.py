@@ -1,0 +1,89 @@
+"""`driftline drift` and `driftline endpoint`: what drifted, and one endpoint's story."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from driftline.cli.common import add_setting_flags, operate, print_table, query
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    if args.remediation:
+        return _remediation(args)
+    rows = query(args, "drift", {"kind": args.kind, "team": args.team, "service": args.service})
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    else:
+        columns = [
+            "tenant_id",
+            "endpoint_id",
+            "kind",
+            "team_id",
+            "service_name",
+            "app_version",
+            "detail",
+            "first_seen",
+        ]
+        print_table(rows, columns)
+    return 0
+
+
+def _remediation(args: argparse.Namespace) -> int:
+    if not args.all_tenants and not args.tenant:
+        raise ValueError("name a tenant with --tenant (or --all-tenants, for administrators)")
+    rows = operate(
+        args,
+        "remediation",
+        {"tenant": None if args.all_tenants else args.tenant, "stuck_after": args.stuck_after},
+    )
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
+    print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
+    return 0
+
+
+def _cmd_endpoint(args: argparse.Namespace) -> int:
+    history = query(args, "endpoint", {"id": args.endpoint_id})
+    if args.json:
+        print(json.dumps(history, default=str, indent=2))
+        return 0
+    print(f"endpoint {history['endpoint_id']}")
+    print("\nstates:")
+    print_table(
+        history["states"],
+        ["first_seen", "last_seen", "service_name", "app_version", "team_id", "serial_number"],
+    )
+    print("\nflags:")
+    print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])
+    print("\nrejected requests:")
+    print_table(history["rejections"], ["observed_at", "reason", "token_id", "source"])
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    drift = commands.add_parser("drift", help="list open drift (one tenant, filters optional)")
+    endpoint = commands.add_parser("endpoint", help="one endpoint's versions, attributes, flags")
+    endpoint.add_argument("endpoint_id", help="tenant/identity, e.g. acme/C02XYZ")
+    for sub in (drift, endpoint):
+        sub.add_argument("--tenant", default=None, help="the tenant to look at")
+        sub.add_argument("--all-tenants", action="store_true", help="administrators: no scoping")
+        sub.add_argument(
+            "--clickhouse", default=None, help="DSN, e.g. https://user:pass@host:8443/db"
+        )
+        sub.add_argument("--json", action="store_true", help="JSON for machines")
+        add_setting_flags(sub, "--data")
+    drift.add_argument("--kind", choices=["outdated_client", "missing_policy", "stale_token"])
+    drift.add_argument("--team", default=None)
+    drift.add_argument("--service", default=None)
+    drift.add_argument(
+        "--remediation",
+        action="store_true",
+        help="force-synced devices instead: pending, remediated (time to remediate) or stuck",
+    )
+    drift.add_argument("--stuck-after", default="24h", help="with --remediation (default 24h)")
+    drift.set_defaults(func=_cmd_drift)
+    endpoint.set_defaults(func=_cmd_endpoint)

@@ -1,0 +1,88 @@
+"""`driftline policy`: publish, show and push tenant policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from driftline.cli.common import (
+    add_setting_flags,
+    operate,
+    policies_of,
+    print_table,
+    publish_policy,
+    settings_of,
+    utc,
+)
+
+
+def _cmd_policy_set(args: argparse.Namespace) -> int:
+    from schemas.policy import PolicyError, TenantPolicy
+
+    settings = settings_of(args)
+    try:
+        policy = TenantPolicy.from_file(args.file)
+    except PolicyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from ingest.tokens import TokenStore
+
+    rotations = TokenStore(settings.token_registry).rotations(policy.tenant)
+    if rotations and policy.token_rotated_at is None:
+        policy = policy.model_copy(update={"token_rotated_at": utc(rotations[-1].rotated_at)})
+    stored = policies_of(settings).put(policy)
+    publish_policy(settings, stored)
+    print(f"policy of tenant {stored.tenant} is now version {stored.version}")
+    return 0
+
+
+def _cmd_policy_show(args: argparse.Namespace) -> int:
+    from schemas.policy import TenantPolicy
+
+    policy = policies_of(settings_of(args)).get(args.tenant)
+    if policy is None:
+        print(
+            f"no policy published for tenant {args.tenant}; the default applies:", file=sys.stderr
+        )
+        policy = TenantPolicy.default(args.tenant)
+    print(json.dumps(json.loads(policy.to_json()), indent=2))
+    return 0
+
+
+def _cmd_policy_push(args: argparse.Namespace) -> int:
+    result = operate(
+        args,
+        "policy-push",
+        {"tenant": args.tenant, "live": args.live, "force_sync": args.force_sync},
+    )
+    print_table(
+        result["entries"], ["vendor", "policy_version", "outcome", "detail", "payload_file"]
+    )
+    return 1 if any(e["outcome"] == "failed" for e in result["entries"]) else 0
+
+
+def add_commands(commands: Any) -> None:
+    policy = commands.add_parser("policy", help="publish and show tenant policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    policy_set = policy_commands.add_parser(
+        "set", help="publish a tenant policy file (YAML or JSON) as its next version"
+    )
+    policy_set.add_argument("file", type=Path)
+    policy_set.set_defaults(func=_cmd_policy_set)
+    policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
+    policy_show.add_argument("--tenant", required=True)
+    policy_show.set_defaults(func=_cmd_policy_show)
+    push = policy_commands.add_parser(
+        "push", help="render the tenant's managed settings into its MDM profiles and update them"
+    )
+    push.add_argument("--tenant", required=True)
+    push.add_argument("--live", action="store_true", help="update the profiles (else dry-run)")
+    push.add_argument("--force-sync", action="store_true", help="then force-sync known devices")
+    push.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    push.set_defaults(func=_cmd_policy_push)
+    add_setting_flags(push, "--data")
+    for sub in (policy_set, policy_show):
+        add_setting_flags(sub, "--data", "--tokens", "--bus", "--bootstrap")

@@ -1,0 +1,108 @@
+"""`driftline tokens`: issue, rotate, revoke and list ingest tokens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from driftline.cli.common import add_setting_flags, policies_of, publish_policy, settings_of, utc
+from schemas.durations import parse_duration
+
+
+def _token_store(args: argparse.Namespace) -> Any:
+    from ingest.tokens import TokenStore
+
+    return TokenStore(settings_of(args).token_registry)
+
+
+def _cmd_tokens_create(args: argparse.Namespace) -> int:
+    token_id, token = _token_store(args).create(args.tenant)
+    print(f"created token {token_id} for tenant {args.tenant}; it is shown once:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
+    from ingest.tokens import format_time
+
+    settings = settings_of(args)
+    store = _token_store(args)
+    grace = parse_duration(args.grace)
+    token_id, token, rotation = store.rotate(
+        args.tenant, grace, parse_duration(settings.token_memory)
+    )
+    # the processors learn of the rotation through the tenant's policy, like any policy change
+    publish_policy(
+        settings, policies_of(settings).record_rotation(args.tenant, utc(rotation.rotated_at))
+    )
+    print(
+        f"rotated tenant {args.tenant}: new token {token_id}; previous tokens work until "
+        f"{format_time(rotation.grace_ends)}. The new token is shown once:",
+        file=sys.stderr,
+    )
+    print(token)
+    return 0
+
+
+def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    try:
+        record = _token_store(args).revoke(args.token_id, parse_duration(settings.token_memory))
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 1
+    print(f"revoked token {record.token_id} of tenant {record.tenant_id}")
+    return 0
+
+
+def _cmd_tokens_list(args: argparse.Namespace) -> int:
+    import time
+
+    from ingest.tokens import format_time
+
+    now = time.time()
+    rows = [("TOKEN ID", "TENANT", "STATE", "CREATED", "GRACE ENDS", "REVOKED")]
+    for r in _token_store(args).records(args.tenant):
+        state = r.state(now)
+        rows.append(
+            (
+                r.token_id,
+                r.tenant_id,
+                state.value if state else "forgotten",
+                format_time(r.created_at),
+                format_time(r.expires_at),
+                format_time(r.revoked_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    tokens = commands.add_parser("tokens", help="issue, rotate, revoke and list ingest tokens")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser(
+        "create", help="issue a token for a tenant (printed once, as the last line of stdout)"
+    )
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=_cmd_tokens_create)
+    rotate = token_commands.add_parser(
+        "rotate", help="issue a new token; the tenant's old tokens keep working for --grace"
+    )
+    rotate.add_argument("--tenant", required=True)
+    rotate.add_argument("--grace", default="24h", help="e.g. 10m, 12h (default 24h)")
+    rotate.set_defaults(func=_cmd_tokens_rotate)
+    revoke = token_commands.add_parser("revoke", help="stop accepting a token at once")
+    revoke.add_argument("token_id", help="the token id shown by `tokens list`")
+    revoke.set_defaults(func=_cmd_tokens_revoke)
+    listing = token_commands.add_parser("list", help="list tokens and their states (never secrets)")
+    listing.add_argument("--tenant", default=None)
+    listing.set_defaults(func=_cmd_tokens_list)
+    for sub in (create, rotate, revoke, listing):
+        add_setting_flags(sub, "--data", "--tokens")
+    add_setting_flags(rotate, "--bus", "--bootstrap")
