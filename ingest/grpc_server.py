@@ -1,19 +1,27 @@
 """OTLP/gRPC: the three Export services on one grpc.aio server.
 
-Handlers take the raw request bytes (no deserializer) so the service decides how to decode, and
-can decode a rejected request's payload only when its budget allows.
+Handlers take the raw request bytes (no deserializer) so the service decides how to decode.
+They are stream-unary so that nothing of the message is read before the call is admitted
+(load, memory budget) and its metadata authenticated; the HTTP/2 flow-control window is all
+gRPC buffers for a call until then. Duplicate ``authorization`` entries are refused, as on HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ingest.codec import SERVICES, Service, decode_protobuf, export_response
-from ingest.service import Caller, IngestService, Status
+from ingest.attribution import PREFIX_BYTES
+from ingest.codec import SERVICES, Service, export_response
+from ingest.service import Caller, IngestService, Outcome, Status
+from ingest.tokens import Denied
+
+# The status message travels in a trailer, and clients refuse header blocks over 8 KiB
+# (gRPC's default max metadata size) with RESOURCE_EXHAUSTED: stay well under it.
+MAX_STATUS_MESSAGE_BYTES = 4 * 1024
 
 _CODES = {
     Status.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
@@ -41,26 +49,61 @@ def _retry_details(code: grpc.StatusCode, message: str, seconds: int) -> bytes:
 
 
 def _handler(service: Service, ingest: IngestService) -> Any:
-    def decode(body: bytes) -> Any:
-        return decode_protobuf(body, service.request_type)
-
-    async def export(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def export(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # stream_unary on purpose: the request message is read from gRPC only by the first
+        # `read()` below, so shedding and authentication happen before it is
         metadata = context.invocation_metadata() or ()
-        authorization = next((str(v) for k, v in metadata if k == "authorization"), None)
-        caller = Caller("grpc", peer_address(context.peer()), authorization)
-        outcome = await ingest.export(service.signal, request, decode, caller)
+        authorizations = tuple(str(v) for k, v in metadata if k == "authorization")
+        caller = Caller("grpc", peer_address(context.peer()), authorizations)
+        refused = ingest.admit()
+        if refused is not None:
+            await _abort(context, ingest.count(service.signal, caller, refused))
+        grant = ingest.authenticate(caller)
+        budget = ingest.budget
+        if isinstance(grant, Denied):
+            # attributed only when a body is to hand cheaply: gRPC reads a message whole
+            # (up to its own limit) or not at all, so a full budget leaves it unread
+            prefix = b""
+            if not budget.full:
+                prefix = await _read_one(context)
+            outcome = ingest.refuse(
+                service.signal, grant, caller, prefix[:PREFIX_BYTES],
+                complete=len(prefix) <= PREFIX_BYTES,
+            )  # fmt: skip
+            await _abort(context, ingest.count(service.signal, caller, outcome))
+        if budget.full:
+            await _abort(context, ingest.count(service.signal, caller, ingest.over_budget()))
+        body = await _read_one(context)
+        size = len(body)
+        budget.reserve(size)
+        try:
+            outcome = await ingest.export(service.signal, body, caller, grant=grant)
+        finally:
+            budget.release(size)
         if outcome.status is Status.OK:
             return export_response(service, outcome.rejected, outcome.message)
-        code = _CODES[outcome.status]
-        trailing: tuple[tuple[str, bytes], ...] = ()
-        if outcome.retry_after is not None:
-            details = _retry_details(code, outcome.message, outcome.retry_after)
-            trailing = (("grpc-status-details-bin", details),)
-        await context.abort(code, outcome.message, trailing_metadata=trailing)
+        await _abort(context, outcome)
 
-    return grpc.unary_unary_rpc_method_handler(
+    return grpc.stream_unary_rpc_method_handler(
         export, response_serializer=lambda message: message.SerializeToString()
     )
+
+
+async def _read_one(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    """The request's one message (raw bytes: no deserializer), b"" if the client sent none."""
+    message = await context.read()
+    return b"" if message is grpc.aio.EOF else bytes(message)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], outcome: Outcome) -> NoReturn:
+    code = _CODES[outcome.status]
+    message = outcome.message_within(MAX_STATUS_MESSAGE_BYTES)
+    trailing: tuple[tuple[str, bytes], ...] = ()
+    if outcome.retry_after is not None:
+        details = _retry_details(code, message, outcome.retry_after)
+        trailing = (("grpc-status-details-bin", details),)
+    await context.abort(code, message, trailing_metadata=trailing)
+    raise AssertionError("abort returns only by raising")
 
 
 def build_server(

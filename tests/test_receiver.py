@@ -184,11 +184,16 @@ async def test_revoked_token_is_refused_on_grpc(running: RunningReceiver) -> Non
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_auth_events_are_rate_limited_per_endpoint(running: RunningReceiver) -> None:
+async def test_auth_events_are_coalesced_per_endpoint_never_dropped(
+    running: RunningReceiver,
+) -> None:
     body = _request_with(resource={"device.serial_number": "C9"}, point={}).SerializeToString()
     for _ in range(20):
         assert (await _post(running, body, authorization=None)).status_code == 401
-    assert len(await auth_events(running)) == 1
+    first, rest = await auth_events(running)  # the first at once, the others held and counted
+    assert (first.count, rest.count) == (1, 19)
+    assert first.observed_at <= rest.first_at <= rest.observed_at
+    assert rest.identity == "C9"
 
 
 # --- bad input --------------------------------------------------------------------------------
