@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, gt=0)
     # event-loop lag (seconds) past which the receiver sheds new requests (503 / UNAVAILABLE);
     # 0 turns shedding off
-    shed_lag: float = Field(0.02, ge=0)
+    shed_lag: float = Field(0.05, ge=0)
     # TLS on both receivers: PEM certificate chain and key; with a client CA, clients must
     # present a certificate it signed
     tls_cert: Path | None = None

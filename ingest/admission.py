@@ -13,6 +13,8 @@ import ctypes
 import ctypes.util
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,7 +60,14 @@ class MemoryBudget:
 
 @dataclass(frozen=True, slots=True)
 class ShedOptions:
-    target_lag: float = 0.02  # seconds of (smoothed) event-loop lag past which to shed
+    target_lag: float = 0.05  # seconds of (smoothed) event-loop lag past which to shed
+    # seconds admitted requests take from arrival to answer (least of the last ``window``)
+    # past which to shed: where the work is elsewhere (the store's group commit, Kafka, gRPC's
+    # threads) the loop need not be late, but requests queue
+    target_queue: float = 0.5
+    window: float = 0.1
+    # seconds an empty gRPC call to ourselves may take (grpc_server.Probe) before shedding
+    target_probe: float = 0.1
     period: float = 0.01  # how often the lag is sampled
     smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
     step_up: float = 0.05  # shed probability added per sample over target
@@ -67,18 +76,27 @@ class ShedOptions:
 
 
 class LoadShedder:
-    """Sheds a fraction of new requests while the event loop runs late.
+    """Sheds a fraction of new requests while requests queue: the event loop runs late, or
+    admitted requests take long from arrival to answer.
 
-    Event-loop lag is the queueing delay every request sees (the loop is the receiver's only
-    server). Sampling it every ``period`` and moving the shed probability up while over
-    ``target_lag`` and down while under (additive in both directions) holds the loop near the
-    target: admitted requests stay fast, the rest get a cheap 503/UNAVAILABLE at once.
+    Event-loop lag is the queueing delay every request sees before it is even parsed; the
+    time to answer adds the queue behind the receiver (the store, Kafka). The latter is taken
+    as the *least* wait of the requests that finished in the last ``window`` (CoDel's
+    standing-queue signal: a burst passes, a queue that never drains does not). Sampling
+    every ``period`` and moving the shed probability up while either is over its target
+    and down while both are under (additive both ways) holds the receiver near its
+    capacity: admitted requests stay fast, the rest get a cheap 503/UNAVAILABLE at once.
     """
 
     def __init__(self, options: ShedOptions | None = None) -> None:
         self.options = options or ShedOptions()
         self.probability = 0.0
         self.lag = 0.0
+        self.queue = 0.0  # the least time to answer of the last window, held while none do
+        self.probe = 0.0  # smoothed round trip of the gRPC canary call
+        self._window_min = float("inf")
+        self._window_started = 0.0
+        self.waiting: Callable[[], bool] = lambda: False  # any request on the bus now?
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
 
@@ -107,11 +125,32 @@ class LoadShedder:
             await asyncio.sleep(opts.period)
             self.observe(loop.time() - started - opts.period)
 
-    def observe(self, lag: float) -> None:
+    def probed(self, seconds: float) -> None:
+        """A canary call's round trip (see grpc_server.Probe); smoothed like the lag."""
+        self.probe += self.options.smoothing * (seconds - self.probe)
+        metrics.PROBE_SECONDS.set(self.probe)
+
+    def waited(self, seconds: float) -> None:
+        """An admitted request's time from arrival to answer."""
+        self._window_min = min(self._window_min, seconds)
+
+    def observe(self, lag: float, now: float | None = None) -> None:
         """One lag sample (seconds); public so tests can drive it."""
         opts = self.options
+        now = time.monotonic() if now is None else now
+        if now - self._window_started >= opts.window:
+            if self._window_min != float("inf"):
+                self.queue = self._window_min
+            elif not self.waiting():
+                self.queue = 0.0  # none finished and none waits: idle, not stuck
+            self._window_min = float("inf")
+            self._window_started = now
         self.lag += opts.smoothing * (max(0.0, lag) - self.lag)
-        if self.lag > opts.target_lag:
+        if (
+            self.lag > opts.target_lag
+            or self.queue > opts.target_queue
+            or self.probe > opts.target_probe
+        ):
             self.probability = min(opts.max_probability, self.probability + opts.step_up)
         else:
             self.probability = max(0.0, self.probability - opts.step_down)

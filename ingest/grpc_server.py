@@ -8,12 +8,19 @@ gRPC buffers for a call until then. Duplicate ``authorization`` entries are refu
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Final, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from ingest.admission import LoadShedder
 from ingest.attribution import PREFIX_BYTES
 from ingest.codec import SERVICES, Service, export_response
 from ingest.service import Caller, IngestService, Outcome, Status
@@ -52,6 +59,7 @@ def _handler(service: Service, ingest: IngestService) -> Any:
     async def export(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         # stream_unary on purpose: the request message is read from gRPC only by the first
         # `read()` below, so shedding and authentication happen before it is
+        arrived = time.monotonic()
         metadata = context.invocation_metadata() or ()
         authorizations = tuple(str(v) for k, v in metadata if k == "authorization")
         caller = Caller("grpc", peer_address(context.peer()), authorizations)
@@ -80,6 +88,7 @@ def _handler(service: Service, ingest: IngestService) -> Any:
             outcome = await ingest.export(service.signal, body, caller, grant=grant)
         finally:
             budget.release(size)
+        ingest.served(time.monotonic() - arrived)
         if outcome.status is Status.OK:
             return export_response(service, outcome.rejected, outcome.message)
         await _abort(context, outcome)
@@ -122,5 +131,59 @@ def build_server(
             grpc.method_handlers_generic_handler(s.grpc_name, {"Export": _handler(s, ingest)})
             for s in SERVICES
         ]
+        + [grpc.method_handlers_generic_handler(_PROBE_SERVICE, {"Ping": _ping()})]
     )
     return server
+
+
+# ------------------------------------------------------------------------------ the probe
+
+_PROBE_SERVICE: Final = "driftline.Probe"
+PROBE_METHOD: Final = f"/{_PROBE_SERVICE}/Ping"
+
+
+def _ping() -> Any:
+    async def ping(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(ping, response_serializer=bytes)
+
+
+class Probe:
+    """Times an empty call to this server, through the same queue real calls take.
+
+    grpc.aio accepts calls one at a time from its core; past capacity they queue *before*
+    any handler runs, where neither the event-loop lag nor a handler's own timing can see
+    them. A canary call every ``period`` over a private Unix socket sees that queue, and
+    its round trip feeds the load shedder (``LoadShedder.probed``).
+    """
+
+    def __init__(self, server: grpc.aio.Server, shedder: LoadShedder, period: float = 0.1):
+        self._directory = tempfile.mkdtemp(prefix="driftline-probe-")  # 0700: ours alone
+        self.address = f"unix:{os.path.join(self._directory, 'probe.sock')}"
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind the gRPC probe at {self.address}")
+        self._shedder = shedder
+        self._period = period
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="grpc-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    async def _run(self) -> None:
+        timeout = 2.0
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            ping = channel.unary_unary(PROBE_METHOD)
+            while True:
+                started = time.monotonic()
+                with contextlib.suppress(grpc.aio.AioRpcError):  # timed out: counts whole
+                    await ping(b"", timeout=timeout)
+                self._shedder.probed(time.monotonic() - started)
+                await asyncio.sleep(self._period)

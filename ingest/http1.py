@@ -17,8 +17,9 @@ the connection is closed; every other connection keeps being served.
 
 Admission happens at the end of the headers, before any of the body is read: an optional
 ``gate`` decides from the headers whether to answer at once (the body is never read and the
-connection closes), to keep only a prefix of the body (the rest is read and discarded, so an
-unauthenticated caller holds at most that much memory), or to read it all; and an optional
+connection closes), to read only a prefix of the body (a body longer than that is answered
+as soon as the prefix is in, and the connection closed unread: an unauthenticated caller
+costs at most that much memory and reading), or to read it all; and an optional
 ``MemoryBudget`` shared by every connection must have room for the declared body, or the
 request gets 503 with nothing more read. A body's reservation lasts until it is answered.
 """
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _MAX_QUEUED: Final = 8  # pipelined requests waiting per connection before reading pauses
 _MAX_HEAD_BYTES: Final = 64 * 1024  # request line and headers
+_MAX_DISCARD: Final = 64 * 1024  # a refused body up to this is read past (keep-alive)
 _REASONS: Final = {
     100: "Continue",
     200: "OK",
@@ -75,6 +77,7 @@ class Request:
     context: object = None  # what the gate said about it (Admission.context)
     complete: bool = True  # False when only a prefix of the body was kept
     reserved: int = 0  # bytes charged to the memory budget until the answer is written
+    arrived: float = 0.0  # time.monotonic() when its first byte was read
 
     @property
     def content_type(self) -> str:
@@ -100,6 +103,7 @@ class Admission:
 
     answer_now: bool = False  # read no body: hand the request to the handler at once, close
     keep: int | None = None  # keep at most this many body bytes (decoded); None: the limit
+    discard: bool = False  # keep none: read a small body past (the connection stays open)
     context: object = None  # passed on as Request.context
 
 
@@ -204,8 +208,9 @@ class _Connection(asyncio.Protocol):
         self.context: object = None
         self.keep: int | None = None  # body bytes kept (None: up to the limit)
         self.kept = 0
-        self.discarded = False
+        self.discard = False
         self.reserved = 0  # the current request's charge to the memory budget
+        self.arrived = 0.0
 
     # ------------------------------------------------------------------- asyncio.Protocol
 
@@ -248,7 +253,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.receiving = True
-        self.active_since = time.monotonic()
+        self.active_since = self.arrived = time.monotonic()
         self.url = b""
         self.headers = {}
         self.head_bytes = 0
@@ -260,7 +265,7 @@ class _Connection(asyncio.Protocol):
         self.context = None
         self.keep = None
         self.kept = 0
-        self.discarded = False
+        self.discard = False
         self.reserved = 0
 
     def on_url(self, url: bytes) -> None:
@@ -294,8 +299,9 @@ class _Connection(asyncio.Protocol):
         if server.gate is not None:
             admission = server.gate(self._request(b"", None))
             self.context = admission.context
-            self.keep = admission.keep
-            if admission.answer_now:
+            self.keep = 0 if admission.discard else admission.keep
+            self.discard = admission.discard
+            if admission.answer_now or (self.discard and declared > _MAX_DISCARD):
                 self._answer_early()
                 return
         if self.keep is None and server.budget is not None:
@@ -314,14 +320,21 @@ class _Connection(asyncio.Protocol):
         if self.problem is not None or self.closing:
             return  # refused already: the body is read past, not kept
         self.size += len(body)
-        if self.keep is not None:  # a prefix only: the rest is read and let go
+        if self.discard:  # a small body read past, so the connection can stay open
+            if self.size > _MAX_DISCARD:
+                self._answer_early()
+            return
+        if self.keep is not None:  # a prefix only: answered once it is full, rest unread
             room = self.keep - self.kept
             if room > 0:
                 piece = body[:room]
                 self.chunks.append(piece)
                 self.kept += len(piece)
             if len(body) > room:
-                self.discarded = True
+                prefix = b"".join(self.chunks)
+                if prefix and self.encoding != "identity":
+                    prefix = _decoded_prefix(prefix, self.keep, False)[0]
+                self._answer_early(prefix)
             return
         limit = self.server.options.max_body_bytes
         if self.size > limit:
@@ -342,7 +355,7 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self.chunks)
         self.chunks = []
         problem = self.problem
-        complete = not self.discarded
+        complete = True
         if problem is None and body and self.encoding != "identity":
             if self.keep is None:
                 body, problem = _decoded(body, self.encoding, self.server.options.max_body_bytes)
@@ -370,15 +383,17 @@ class _Connection(asyncio.Protocol):
             problem,
             tuple(self.authorizations),
             self.context,
+            arrived=self.arrived,
         )
 
     def _release(self, size: int) -> None:
         if size and self.server.budget is not None:
             self.server.budget.release(size)
 
-    def _answer_early(self) -> None:
-        """Refuse without reading the rest of the body: answer, then close."""
-        request = self._request(b"", self.problem)
+    def _answer_early(self, prefix: bytes = b"") -> None:
+        """Answer without reading the rest of the body (the handler sees ``prefix`` of it, and
+        ``complete`` False), then close: what was not read is never read."""
+        request = self._request(prefix, self.problem)
         request.complete = False
         self._release(self.reserved)
         self.reserved = 0

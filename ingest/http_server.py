@@ -9,6 +9,8 @@ without a valid token keeps only ``PREFIX_BYTES`` of its body, for attribution.
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf.json_format import MessageToJson
 from google.rpc import code_pb2, status_pb2
 
@@ -53,12 +55,12 @@ def build_gate(ingest: IngestService) -> Gate:
     def gate(request: Request) -> Admission:
         service = routes.get(request.path)
         if service is None or request.method != "POST":
-            return Admission(keep=0)  # 404 / 405: the body is read past, never kept
+            return Admission(discard=True)  # 404 / 405: the body is never kept
         if request.content_type not in (PROTOBUF, JSON):
-            return Admission(keep=0)
+            return Admission(discard=True)
         refused = ingest.admit()
-        if refused is not None:
-            return Admission(answer_now=True, context=refused)
+        if refused is not None:  # shed: a small body is read past, to keep the connection
+            return Admission(discard=True, context=refused)
         grant = ingest.authenticate(_caller(request))
         if isinstance(grant, Denied):
             return Admission(keep=PREFIX_BYTES, context=grant)
@@ -106,6 +108,7 @@ def build_handler(ingest: IngestService) -> Handler:
         outcome = await ingest.export(
             service.signal, request.body, caller, json=content_type == JSON, grant=grant
         )
+        ingest.served(time.monotonic() - request.arrived)
         return _answer(service, outcome, content_type)
 
     return handle

@@ -109,6 +109,8 @@ class IngestService:
         opts = self.options
         self.budget = MemoryBudget(opts.max_body_bytes_in_flight)
         self.shedder = LoadShedder(opts.shedding) if opts.shedding is not None else None
+        if self.shedder is not None:
+            self.shedder.waiting = lambda: self._inflight > 0 or self.budget.in_use > 0
         rate, per_source = opts.attributions_per_second, opts.attributions_per_source
         self._attribution_budget = TokenBucket(rate, rate)
         self._per_source = KeyedBuckets(per_source, per_source)
@@ -134,6 +136,11 @@ class IngestService:
                 Status.UNAVAILABLE, "receiver overloaded", retry_after=self.options.shed_retry_after
             )
         return None
+
+    def served(self, seconds: float) -> None:
+        """An admitted request's time from arrival to answer (the shedder's queue signal)."""
+        if self.shedder is not None:
+            self.shedder.waited(seconds)
 
     def over_budget(self) -> Outcome:
         return Outcome(

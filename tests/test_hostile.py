@@ -94,9 +94,15 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send, then read the answer; status 0 when the receiver closed the connection before
+    taking the whole request (what it does to an unauthenticated body past its prefix)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(raw)
-        return read_response(sock)
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(raw)  # cut short: the answer may still be readable
+        try:
+            return read_response(sock)
+        except (ConnectionResetError, ConnectionError):
+            return 0, {}, b""
 
 
 @contextlib.asynccontextmanager
@@ -170,7 +176,9 @@ async def test_attribution_bombs_do_not_hold_the_loop(running: RunningReceiver) 
             *(asyncio.to_thread(exchange, running.http_port, raw) for _ in range(4))
         )
         code, message, _ = await grpc_call(running.grpc_port, bomb, ())
-    assert [status for status, _, _ in answers] == [401] * 4
+    # answered 401 once the 64 KiB prefix is in, the rest never read: the sender may see the
+    # 401 or, still sending, a reset
+    assert {status for status, _, _ in answers} <= {401, 0}
     assert code == grpc.StatusCode.UNAUTHENTICATED and "missing" in message
     # decoding a bomb whole took 1.1-2.6 s of loop time; a prefix costs well under a ms
     assert max(lag) < 0.25, f"loop held for {max(lag):.3f} s"
@@ -185,7 +193,7 @@ async def test_a_refused_body_is_attributed_from_its_prefix(running: RunningRece
     status, _, _ = await asyncio.to_thread(
         exchange, running.http_port, http_request(bomb, (f"Bearer {running.token}",))
     )
-    assert status == 401
+    assert status in (401, 0)  # 0: reset while still sending past the prefix
     code, _, _ = await grpc_call(
         running.grpc_port, bomb, (("authorization", f"Bearer {running.token}"),)
     )
@@ -215,7 +223,8 @@ async def test_half_sent_unauthenticated_bodies_hold_only_a_prefix(
 
     def open_and_send_half() -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", running.http_port))
-        sock.sendall(memoryview(raw)[: len(raw) // 2])
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(memoryview(raw)[: len(raw) // 2])  # refused after the prefix
         return sock
 
     try:
