@@ -24,7 +24,8 @@ from bus import Bus, KafkaBus, KafkaOptions, MemoryBus
 from bus.aio import wait_at_most
 from driftline.settings import Settings
 from ingest import admin
-from ingest.receiver import Receiver, ReceiverOptions
+from ingest.admission import ShedOptions
+from ingest.receiver import Receiver, ReceiverOptions, TlsOptions
 from ingest.service import IngestOptions, IngestService
 from ingest.snapshots import Limits
 from ingest.tokens import Authenticator
@@ -52,6 +53,8 @@ def build_service(settings: Settings, bus: Bus) -> IngestService:
         ),
         max_inflight=settings.max_inflight,
         auth_event_interval=settings.auth_event_interval,
+        max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+        shedding=ShedOptions(target_lag=settings.shed_lag) if settings.shed_lag > 0 else None,
     )
     return IngestService(Authenticator(settings.token_registry), bus, options)
 
@@ -64,7 +67,19 @@ def receiver_options(settings: Settings, reuse_port: bool) -> ReceiverOptions:
         max_grpc_bytes=settings.max_grpc_bytes,
         max_http_bytes=settings.max_http_bytes,
         reuse_port=reuse_port,
+        tls=tls_options(settings),
     )
+
+
+def tls_options(settings: Settings) -> TlsOptions | None:
+    """TLS when a certificate and key are set; one without the other is a mistake."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return TlsOptions(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 async def start_admin(settings: Settings, app: web.Application) -> web.AppRunner:

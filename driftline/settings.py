@@ -38,7 +38,20 @@ class Settings(BaseSettings):
     store_batch_delay: float = Field(0.05, gt=0)
     # a repeated, unchanged snapshot is stored at most once per this many seconds per endpoint
     last_seen_resolution: float = Field(60.0, ge=0)
-    auth_event_interval: float = 10.0  # at most one AuthEvent per endpoint, reason and token
+    # at most one AuthEvent per endpoint, reason and token per this many seconds; the
+    # rejections in between are counted into the next one (0: one event per rejection)
+    auth_event_interval: float = Field(1.0, ge=0)
+    # request bodies held at once across all connections of a receiver process; past it, new
+    # requests get 503 / UNAVAILABLE before their body is read
+    max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, gt=0)
+    # event-loop lag (seconds) past which the receiver sheds new requests (503 / UNAVAILABLE);
+    # 0 turns shedding off
+    shed_lag: float = Field(0.05, ge=0)
+    # TLS on both receivers: PEM certificate chain and key; with a client CA, clients must
+    # present a certificate it signed
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     # tokens
     tokens: Path | None = None  # default: <data>/tokens.db

@@ -1,19 +1,34 @@
 """OTLP/gRPC: the three Export services on one grpc.aio server.
 
-Handlers take the raw request bytes (no deserializer) so the service decides how to decode, and
-can decode a rejected request's payload only when its budget allows.
+Handlers take the raw request bytes (no deserializer) so the service decides how to decode.
+They are stream-unary so that nothing of the message is read before the call is admitted
+(load, memory budget) and its metadata authenticated; the HTTP/2 flow-control window is all
+gRPC buffers for a call until then. Duplicate ``authorization`` entries are refused, as on HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Final, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ingest.codec import SERVICES, Service, decode_protobuf, export_response
-from ingest.service import Caller, IngestService, Status
+from ingest.admission import LoadShedder
+from ingest.attribution import PREFIX_BYTES
+from ingest.codec import SERVICES, Service, export_response
+from ingest.service import Caller, IngestService, Outcome, Status
+from ingest.tokens import Denied
+
+# The status message travels in a trailer, and clients refuse header blocks over 8 KiB
+# (gRPC's default max metadata size) with RESOURCE_EXHAUSTED: stay well under it.
+MAX_STATUS_MESSAGE_BYTES = 4 * 1024
 
 _CODES = {
     Status.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
@@ -41,26 +56,63 @@ def _retry_details(code: grpc.StatusCode, message: str, seconds: int) -> bytes:
 
 
 def _handler(service: Service, ingest: IngestService) -> Any:
-    def decode(body: bytes) -> Any:
-        return decode_protobuf(body, service.request_type)
-
-    async def export(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def export(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # stream_unary on purpose: the request message is read from gRPC only by the first
+        # `read()` below, so shedding and authentication happen before it is
+        arrived = time.monotonic()
         metadata = context.invocation_metadata() or ()
-        authorization = next((str(v) for k, v in metadata if k == "authorization"), None)
-        caller = Caller("grpc", peer_address(context.peer()), authorization)
-        outcome = await ingest.export(service.signal, request, decode, caller)
+        authorizations = tuple(str(v) for k, v in metadata if k == "authorization")
+        caller = Caller("grpc", peer_address(context.peer()), authorizations)
+        refused = ingest.admit()
+        if refused is not None:
+            await _abort(context, ingest.count(service.signal, caller, refused))
+        grant = ingest.authenticate(caller)
+        budget = ingest.budget
+        if isinstance(grant, Denied):
+            # attributed only when a body is to hand cheaply: gRPC reads a message whole
+            # (up to its own limit) or not at all, so a full budget leaves it unread
+            prefix = b""
+            if not budget.full:
+                prefix = await _read_one(context)
+            outcome = ingest.refuse(
+                service.signal, grant, caller, prefix[:PREFIX_BYTES],
+                complete=len(prefix) <= PREFIX_BYTES,
+            )  # fmt: skip
+            await _abort(context, ingest.count(service.signal, caller, outcome))
+        if budget.full:
+            await _abort(context, ingest.count(service.signal, caller, ingest.over_budget()))
+        body = await _read_one(context)
+        size = len(body)
+        budget.reserve(size)
+        try:
+            outcome = await ingest.export(service.signal, body, caller, grant=grant)
+        finally:
+            budget.release(size)
+        ingest.served(time.monotonic() - arrived)
         if outcome.status is Status.OK:
             return export_response(service, outcome.rejected, outcome.message)
-        code = _CODES[outcome.status]
-        trailing: tuple[tuple[str, bytes], ...] = ()
-        if outcome.retry_after is not None:
-            details = _retry_details(code, outcome.message, outcome.retry_after)
-            trailing = (("grpc-status-details-bin", details),)
-        await context.abort(code, outcome.message, trailing_metadata=trailing)
+        await _abort(context, outcome)
 
-    return grpc.unary_unary_rpc_method_handler(
+    return grpc.stream_unary_rpc_method_handler(
         export, response_serializer=lambda message: message.SerializeToString()
     )
+
+
+async def _read_one(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    """The request's one message (raw bytes: no deserializer), b"" if the client sent none."""
+    message = await context.read()
+    return b"" if message is grpc.aio.EOF else bytes(message)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], outcome: Outcome) -> NoReturn:
+    code = _CODES[outcome.status]
+    message = outcome.message_within(MAX_STATUS_MESSAGE_BYTES)
+    trailing: tuple[tuple[str, bytes], ...] = ()
+    if outcome.retry_after is not None:
+        details = _retry_details(code, message, outcome.retry_after)
+        trailing = (("grpc-status-details-bin", details),)
+    await context.abort(code, message, trailing_metadata=trailing)
+    raise AssertionError("abort returns only by raising")
 
 
 def build_server(
@@ -79,5 +131,59 @@ def build_server(
             grpc.method_handlers_generic_handler(s.grpc_name, {"Export": _handler(s, ingest)})
             for s in SERVICES
         ]
+        + [grpc.method_handlers_generic_handler(_PROBE_SERVICE, {"Ping": _ping()})]
     )
     return server
+
+
+# ------------------------------------------------------------------------------ the probe
+
+_PROBE_SERVICE: Final = "driftline.Probe"
+PROBE_METHOD: Final = f"/{_PROBE_SERVICE}/Ping"
+
+
+def _ping() -> Any:
+    async def ping(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(ping, response_serializer=bytes)
+
+
+class Probe:
+    """Times an empty call to this server, through the same queue real calls take.
+
+    grpc.aio accepts calls one at a time from its core; past capacity they queue *before*
+    any handler runs, where neither the event-loop lag nor a handler's own timing can see
+    them. A canary call every ``period`` over a private Unix socket sees that queue, and
+    its round trip feeds the load shedder (``LoadShedder.probed``).
+    """
+
+    def __init__(self, server: grpc.aio.Server, shedder: LoadShedder, period: float = 0.1):
+        self._directory = tempfile.mkdtemp(prefix="driftline-probe-")  # 0700: ours alone
+        self.address = f"unix:{os.path.join(self._directory, 'probe.sock')}"
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind the gRPC probe at {self.address}")
+        self._shedder = shedder
+        self._period = period
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="grpc-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    async def _run(self) -> None:
+        timeout = 2.0
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            ping = channel.unary_unary(PROBE_METHOD)
+            while True:
+                started = time.monotonic()
+                with contextlib.suppress(grpc.aio.AioRpcError):  # timed out: counts whole
+                    await ping(b"", timeout=timeout)
+                self._shedder.probed(time.monotonic() - started)
+                await asyncio.sleep(self._period)

@@ -14,6 +14,14 @@ closed); gzip/deflate bodies decoded under the same cap, so a small bomb cannot 
 transport refuses (too large, an unknown encoding) still reach the handler, with ``problem``
 set and no body, so errors are formatted in one place. Unparseable HTTP gets a plain 400 and
 the connection is closed; every other connection keeps being served.
+
+Admission happens at the end of the headers, before any of the body is read: an optional
+``gate`` decides from the headers whether to answer at once (the body is never read and the
+connection closes), to read only a prefix of the body (a body longer than that is answered
+as soon as the prefix is in, and the connection closed unread: an unauthenticated caller
+costs at most that much memory and reading), or to read it all; and an optional
+``MemoryBudget`` shared by every connection must have room for the declared body, or the
+request gets 503 with nothing more read. A body's reservation lasts until it is answered.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as ssl_module
 import time
 import zlib
 from collections import deque
@@ -32,11 +41,13 @@ from typing import Any, Final
 import httptools
 
 from bus.aio import wait_at_most
+from ingest.admission import MemoryBudget
 
 log = logging.getLogger(__name__)
 
 _MAX_QUEUED: Final = 8  # pipelined requests waiting per connection before reading pauses
 _MAX_HEAD_BYTES: Final = 64 * 1024  # request line and headers
+_MAX_DISCARD: Final = 64 * 1024  # a refused body up to this is read past (keep-alive)
 _REASONS: Final = {
     100: "Continue",
     200: "OK",
@@ -62,6 +73,11 @@ class Request:
     peer: str
     body: bytes = b""  # decoded (Content-Encoding undone)
     problem: tuple[int, str] | None = None  # refused by the transport; body is then empty
+    authorizations: tuple[str, ...] = ()  # every Authorization value, in order
+    context: object = None  # what the gate said about it (Admission.context)
+    complete: bool = True  # False when only a prefix of the body was kept
+    reserved: int = 0  # bytes charged to the memory budget until the answer is written
+    arrived: float = 0.0  # time.monotonic() when its first byte was read
 
     @property
     def content_type(self) -> str:
@@ -82,6 +98,19 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """A gate's decision on a request whose headers have arrived and body has not."""
+
+    answer_now: bool = False  # read no body: hand the request to the handler at once, close
+    keep: int | None = None  # keep at most this many body bytes (decoded); None: the limit
+    discard: bool = False  # keep none: read a small body past (the connection stays open)
+    context: object = None  # passed on as Request.context
+
+
+Gate = Callable[[Request], Admission]
+
+
+@dataclass(frozen=True, slots=True)
 class ServerOptions:
     max_body_bytes: int = 20 * 1024 * 1024
     idle_timeout: float = 75.0  # a keep-alive connection with no request is closed after this
@@ -91,8 +120,16 @@ class ServerOptions:
 class Server:
     """Serves ``handler`` on listening sockets; ``stop`` lets answered requests finish."""
 
-    def __init__(self, handler: Handler, options: ServerOptions | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        options: ServerOptions | None = None,
+        gate: Gate | None = None,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.handler = handler
+        self.gate = gate
+        self.budget = budget
         self.options = options or ServerOptions()
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[_Connection] = set()
@@ -110,9 +147,9 @@ class Server:
             self._date = formatdate(now, usegmt=True).encode()
         return self._date
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket, ssl: ssl_module.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=ssl)
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_forever(), name="http1-sweeper")
@@ -167,6 +204,13 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.problem: tuple[int, str] | None = None
+        self.authorizations: list[str] = []
+        self.context: object = None
+        self.keep: int | None = None  # body bytes kept (None: up to the limit)
+        self.kept = 0
+        self.discard = False
+        self.reserved = 0  # the current request's charge to the memory budget
+        self.arrived = 0.0
 
     # ------------------------------------------------------------------- asyncio.Protocol
 
@@ -180,6 +224,12 @@ class _Connection(asyncio.Protocol):
         # a request being handled is finished, not cancelled: its snapshot may be on its way
         # to Kafka already, and the client, with no answer, sends it again (at least once)
         self.server._connections.discard(self)
+        self._release(self.reserved)  # a body cut off half-way
+        self.reserved = 0
+        self.chunks = []
+        for queued, _ in self.queue:  # not started: nobody is left to answer
+            self._release(queued.reserved)
+        self.queue.clear()
         self.closing = True
         self.writable.set()  # an answer waiting for room finds the transport closed
         if self.server.closing and not self.server._connections:
@@ -203,7 +253,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.receiving = True
-        self.active_since = time.monotonic()
+        self.active_since = self.arrived = time.monotonic()
         self.url = b""
         self.headers = {}
         self.head_bytes = 0
@@ -211,13 +261,23 @@ class _Connection(asyncio.Protocol):
         self.chunks = []
         self.size = 0
         self.problem = None
+        self.authorizations = []
+        self.context = None
+        self.keep = None
+        self.kept = 0
+        self.discard = False
+        self.reserved = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = text
+        if key == "authorization" and len(self.authorizations) < 8:
+            self.authorizations.append(text)
         self._count_head(len(name) + len(value))
 
     def _count_head(self, size: int) -> None:
@@ -228,12 +288,28 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.closing:
             return
-        limit = self.server.options.max_body_bytes
+        server = self.server
+        limit = server.options.max_body_bytes
         length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        declared = int(length) if length is not None and length.isdigit() else 0
+        if declared > limit:
             self.problem = _too_large(limit)
             self._answer_early()
             return
+        if server.gate is not None:
+            admission = server.gate(self._request(b"", None))
+            self.context = admission.context
+            self.keep = 0 if admission.discard else admission.keep
+            self.discard = admission.discard
+            if admission.answer_now or (self.discard and declared > _MAX_DISCARD):
+                self._answer_early()
+                return
+        if self.keep is None and server.budget is not None:
+            if not server.budget.try_reserve(declared):
+                self.problem = (503, "receiver memory budget for request bodies is full")
+                self._answer_early()
+                return
+            self.reserved = declared
         self.encoding = self.headers.get("content-encoding", "identity").strip().lower()
         if self.encoding not in ("identity", "gzip", "deflate"):
             self.problem = (415, f"unsupported content encoding {self.encoding!r}; use gzip")
@@ -244,12 +320,31 @@ class _Connection(asyncio.Protocol):
         if self.problem is not None or self.closing:
             return  # refused already: the body is read past, not kept
         self.size += len(body)
+        if self.discard:  # a small body read past, so the connection can stay open
+            if self.size > _MAX_DISCARD:
+                self._answer_early()
+            return
+        if self.keep is not None:  # a prefix only: answered once it is full, rest unread
+            room = self.keep - self.kept
+            if room > 0:
+                piece = body[:room]
+                self.chunks.append(piece)
+                self.kept += len(piece)
+            if len(body) > room:
+                prefix = b"".join(self.chunks)
+                if prefix and self.encoding != "identity":
+                    prefix = _decoded_prefix(prefix, self.keep, False)[0]
+                self._answer_early(prefix)
+            return
         limit = self.server.options.max_body_bytes
         if self.size > limit:
             self.chunks = []
             self.problem = _too_large(limit)
             self._answer_early()
             return
+        if self.size > self.reserved and self.server.budget is not None:
+            self.server.budget.reserve(self.size - self.reserved)  # chunked: as it arrives
+            self.reserved = self.size
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
@@ -260,20 +355,49 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self.chunks)
         self.chunks = []
         problem = self.problem
+        complete = True
         if problem is None and body and self.encoding != "identity":
-            body, problem = _decoded(body, self.encoding, self.server.options.max_body_bytes)
-        self._enqueue(self._request(body, problem), self.parser.should_keep_alive())
+            if self.keep is None:
+                body, problem = _decoded(body, self.encoding, self.server.options.max_body_bytes)
+            else:  # a prefix: decode what it holds, up to the same number of bytes
+                body, complete = _decoded_prefix(body, self.keep, complete)
+        if self.server.budget is not None and self.keep is None and len(body) > self.reserved:
+            self.server.budget.reserve(len(body) - self.reserved)  # decoded: larger
+            self.reserved = len(body)
+        request = self._request(body, problem)
+        request.complete = complete
+        request.reserved, self.reserved = self.reserved, 0
+        self._enqueue(request, self.parser.should_keep_alive())
 
     # -------------------------------------------------------------------------- answering
 
     def _request(self, body: bytes, problem: tuple[int, str] | None) -> Request:
         method = self.parser.get_method().decode("latin-1")
         path = self.url.partition(b"?")[0].decode("latin-1")
-        return Request(method, path, self.headers, self.peer, body, problem)
+        return Request(
+            method,
+            path,
+            self.headers,
+            self.peer,
+            body,
+            problem,
+            tuple(self.authorizations),
+            self.context,
+            arrived=self.arrived,
+        )
 
-    def _answer_early(self) -> None:
-        """Refuse without reading the rest of the body: answer, then close."""
-        request = self._request(b"", self.problem)
+    def _release(self, size: int) -> None:
+        if size and self.server.budget is not None:
+            self.server.budget.release(size)
+
+    def _answer_early(self, prefix: bytes = b"") -> None:
+        """Answer without reading the rest of the body (the handler sees ``prefix`` of it, and
+        ``complete`` False), then close: what was not read is never read."""
+        request = self._request(prefix, self.problem)
+        request.complete = False
+        self._release(self.reserved)
+        self.reserved = 0
+        self.chunks = []
         self.receiving = False
         self.closing = True  # read no further; the parser's state is abandoned with it
         self.transport.pause_reading()
@@ -303,6 +427,9 @@ class _Connection(asyncio.Protocol):
                 log.exception("handling %s %s failed", request.method, request.path)
                 response = Response(500, b"internal error")
                 keep_alive = False
+            finally:
+                request.body = b""  # the answer no longer needs it: memory goes back now
+                self._release(request.reserved)
             keep_alive = keep_alive and not self.server.closing
             if self.transport.is_closing():
                 return
@@ -311,6 +438,8 @@ class _Connection(asyncio.Protocol):
                 self.active_since = time.monotonic()  # idle from here
             if not keep_alive:
                 self.transport.close()
+                for queued, _ in self.queue:
+                    self._release(queued.reserved)
                 self.queue.clear()
                 return
             if self.paused and len(self.queue) < _MAX_QUEUED // 2:
@@ -359,24 +488,54 @@ class _Connection(asyncio.Protocol):
 
 def _decoded(body: bytes, encoding: str, limit: int) -> tuple[bytes, tuple[int, str] | None]:
     """Undo gzip or deflate (zlib-wrapped, or raw as some clients send it) under ``limit``
-    bytes of output."""
+    bytes of output. Concatenated gzip members (``cat a.gz b.gz``, valid gzip) are decoded
+    one after another, under the same limit in total."""
     attempts = [zlib.MAX_WBITS | 32]  # a gzip or zlib header, detected
     if encoding == "deflate":
         attempts.append(-zlib.MAX_WBITS)
     failure: zlib.error | None = None
     for wbits in attempts:
-        decoder = zlib.decompressobj(wbits)
         try:
-            data = decoder.decompress(body, limit + 1)
+            data, eof = _inflate(body, wbits, limit + 1, members=wbits > 0)
         except zlib.error as error:
             failure = error
             continue
         if len(data) > limit:
             return b"", _too_large(limit)
-        if not decoder.eof:
+        if not eof:
             return b"", (400, f"cannot decode {encoding} body: truncated")
         return data, None
     return b"", (400, f"cannot decode {encoding} body: {failure}")
+
+
+def _inflate(body: bytes, wbits: int, limit: int, members: bool) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of output, and whether the stream ended where the body does.
+    With ``members``, data after a member's end is the next member (trailing zero bytes, as
+    some writers pad with, are allowed)."""
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        data = decoder.decompress(rest, limit - size)
+        out.append(data)
+        size += len(data)
+        if size >= limit or not decoder.eof:
+            return b"".join(out), decoder.eof and not decoder.unused_data
+        rest = decoder.unused_data
+        if not members or not rest.strip(b"\0"):
+            return b"".join(out), not rest.strip(b"\0")
+
+
+def _decoded_prefix(body: bytes, limit: int, complete: bool) -> tuple[bytes, bool]:
+    """As much of a compressed prefix as decodes, at most ``limit`` bytes; whether that is
+    the whole body. Corrupt data just ends the prefix: it is only looked into, never
+    trusted."""
+    try:
+        data, eof = _inflate(body, zlib.MAX_WBITS | 32, limit + 1, members=True)
+    except zlib.error:
+        return b"", False
+    return data[:limit], complete and eof and len(data) <= limit
 
 
 def _too_large(limit: int) -> tuple[int, str]:

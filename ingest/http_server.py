@@ -2,20 +2,24 @@
 
 Answers in the request's content type; errors carry a google.rpc.Status as the spec asks.
 The transport (``http1``) undoes Content-Encoding under the size limit, so the limit applies
-to the decoded body and a small compressed bomb cannot balloon past it.
+to the decoded body and a small compressed bomb cannot balloon past it. The gate runs at the
+end of the headers: shedding and authentication happen before the body is read, and a request
+without a valid token keeps only ``PREFIX_BYTES`` of its body, for attribution.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
 from google.protobuf.json_format import MessageToJson
 from google.rpc import code_pb2, status_pb2
 
-from ingest.codec import SERVICES, Service, decode_json, decode_protobuf, export_response
-from ingest.http1 import Handler, Request, Response
+from ingest.attribution import PREFIX_BYTES
+from ingest.codec import SERVICES, Service, export_response
+from ingest.http1 import Admission, Gate, Handler, Request, Response
 from ingest.otlp_json import encode_response
-from ingest.service import Caller, IngestService, Status
+from ingest.service import Caller, IngestService, Outcome, Status
+from ingest.tokens import Denied, Granted
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -44,6 +48,27 @@ def _error(
     return Response(status, body, content_type, headers or {})
 
 
+def build_gate(ingest: IngestService) -> Gate:
+    """Decide from the headers, before the body: shed, authenticate, keep a prefix only."""
+    routes = {service.http_path: service for service in SERVICES}
+
+    def gate(request: Request) -> Admission:
+        service = routes.get(request.path)
+        if service is None or request.method != "POST":
+            return Admission(discard=True)  # 404 / 405: the body is never kept
+        if request.content_type not in (PROTOBUF, JSON):
+            return Admission(discard=True)
+        refused = ingest.admit()
+        if refused is not None:  # shed: a small body is read past, to keep the connection
+            return Admission(discard=True, context=refused)
+        grant = ingest.authenticate(_caller(request))
+        if isinstance(grant, Denied):
+            return Admission(keep=PREFIX_BYTES, context=grant)
+        return Admission(context=grant)
+
+    return gate
+
+
 def build_handler(ingest: IngestService) -> Handler:
     """The OTLP/HTTP endpoints as one ``http1`` handler."""
     routes = {service.http_path: service for service in SERVICES}
@@ -59,28 +84,46 @@ def build_handler(ingest: IngestService) -> Handler:
             return _error(
                 415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}", JSON
             )
+        caller = _caller(request)
+        context = request.context
+        if isinstance(context, Outcome):  # shed at the headers
+            return _answer(service, ingest.count(service.signal, caller, context), content_type)
         if request.problem is not None:
-            return _error(*request.problem, content_type)
-        return await _export(service, ingest, request, content_type)
+            status, message = request.problem
+            if status == 503:
+                outcome = ingest.count(service.signal, caller, ingest.over_budget())
+                return _answer(service, outcome, content_type)
+            return _error(status, message, content_type)
+        if isinstance(context, Denied):
+            outcome = ingest.refuse(
+                service.signal,
+                context,
+                caller,
+                request.body,
+                json=content_type == JSON,
+                complete=request.complete,
+            )
+            return _answer(service, ingest.count(service.signal, caller, outcome), content_type)
+        grant = context if isinstance(context, Granted) else None
+        outcome = await ingest.export(
+            service.signal, request.body, caller, json=content_type == JSON, grant=grant
+        )
+        ingest.served(time.monotonic() - request.arrived)
+        return _answer(service, outcome, content_type)
 
     return handle
 
 
-async def _export(
-    service: Service, ingest: IngestService, request: Request, content_type: str
-) -> Response:
-    protobuf = content_type == PROTOBUF
+def _caller(request: Request) -> Caller:
+    return Caller("http", request.peer, request.authorizations)
 
-    def decode(body: bytes) -> Any:
-        if protobuf:
-            return decode_protobuf(body, service.request_type)
-        return decode_json(body, service.request_type)
 
-    caller = Caller("http", request.peer, request.headers.get("authorization"))
-    outcome = await ingest.export(service.signal, request.body, decode, caller)
+def _answer(service: Service, outcome: Outcome, content_type: str) -> Response:
     if outcome.status is Status.OK:
         response = export_response(service, outcome.rejected, outcome.message)
-        payload = response.SerializeToString() if protobuf else encode_response(response)
+        payload = (
+            response.SerializeToString() if content_type == PROTOBUF else encode_response(response)
+        )
         return Response(200, payload, content_type)
     headers: dict[str, str] = {}
     if outcome.retry_after is not None:

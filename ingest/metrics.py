@@ -3,7 +3,7 @@ through PROMETHEUS_MULTIPROC_DIR, which the supervisor sets before starting work
 
 import functools
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "driftline_ingest_requests_total",
@@ -29,3 +29,24 @@ requests = functools.cache(REQUESTS.labels)
 snapshots = functools.cache(SNAPSHOTS.labels)
 rejects = functools.cache(REJECTS.labels)
 auth_events = functools.cache(AUTH_EVENTS.labels)
+
+BODY_BYTES = Gauge(
+    "driftline_ingest_body_bytes_in_flight",
+    "Request body bytes held across connections (the memory budget counts these)",
+    multiprocess_mode="livesum",
+)
+LOOP_LAG = Gauge(
+    "driftline_ingest_loop_lag_seconds",
+    "Latest event-loop lag sample (the load shedder's signal)",
+    multiprocess_mode="max",
+)
+SHED_PROBABILITY = Gauge(
+    "driftline_ingest_shed_probability",
+    "Share of new requests currently answered 'retry later'",
+    multiprocess_mode="max",
+)
+PROBE_SECONDS = Gauge(
+    "driftline_ingest_grpc_probe_seconds",
+    "Smoothed round trip of an empty gRPC call to this receiver (the shedder's gRPC queue signal)",
+    multiprocess_mode="max",
+)

@@ -1,7 +1,10 @@
 """The receiver's core, shared by the gRPC and HTTP transports.
 
-authenticate → decode → extract snapshots → publish and wait for the bus's acknowledgement.
-Transports only translate an Outcome into their status codes, so both speak the same rules.
+admit (load, memory) → authenticate from headers/metadata → read the body → decode → extract
+snapshots → publish and wait for the bus's acknowledgement. A request without a valid token
+never has its body read whole: the transport keeps at most a prefix, ``refuse`` attributes it
+within a budget and counts it in a coalesced AuthEvent. Transports only translate an Outcome
+into their status codes, so both speak the same rules.
 """
 
 from __future__ import annotations
@@ -10,22 +13,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Final
 
 from bus import Bus, BusUnavailable, Record
 from ingest import metrics
-from ingest.codec import MalformedRequest
+from ingest.admission import LoadShedder, MemoryBudget, ShedOptions
+from ingest.attribution import attribute
+from ingest.authevents import Coalescer
+from ingest.codec import SERVICES, MalformedRequest, decode_json, decode_protobuf
 from ingest.ratelimit import KeyedBuckets, TokenBucket
-from ingest.snapshots import ExportRequest, Limits, extract, identity_of
-from ingest.tokens import Authenticator, Denied
+from ingest.snapshots import (
+    ExportRequest,
+    Extraction,
+    Limits,
+    combined,
+    extract,
+    resource_count,
+)
+from ingest.tokens import Authenticator, Denied, Granted
 from schemas import DEFAULT_IDENTITY_ATTRIBUTES, AuthEvent, Signal, endpoint_id, topics
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[bytes], ExportRequest]
+MAX_MESSAGE_BYTES: Final = 64 * 1024  # an error answer's message; the rest is "… and N more"
+SLICE: Final = 1024  # resources extracted between two yields to the event loop
+_REQUEST_TYPES: Final = {service.signal: service.request_type for service in SERVICES}
 
 
 class Status(Enum):
@@ -41,6 +57,14 @@ class Outcome:
     message: str = ""
     rejected: int = 0  # items refused inside an OK answer (OTLP partial success)
     retry_after: int | None = None
+    errors: tuple[str, ...] = ()  # the reasons ``message`` was made of, for a tighter cap
+    error_total: int = 0
+
+    def message_within(self, limit: int) -> str:
+        """``message``, re-capped to ``limit`` bytes where it lists reasons."""
+        if len(self.message.encode()) <= limit or not self.errors:
+            return self.message
+        return capped_message(self.errors, self.error_total, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +73,7 @@ class Caller:
 
     transport: str  # "grpc" | "http"
     address: str  # client IP, no port: the unit the per-source budget counts
-    authorization: str | None
+    authorizations: tuple[str, ...]  # every Authorization value, in order (never logged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +82,15 @@ class IngestOptions:
     limits: Limits = field(default_factory=Limits)
     max_inflight: int = 4096  # requests waiting on the bus; beyond it, answer "retry later"
     retry_after: int = 5
-    auth_events_per_second: float = 500.0  # all rejected requests we decode, per process
-    auth_events_per_source: float = 50.0  # per source address (NATs share one)
-    auth_event_interval: float = 10.0  # per (reason, token, endpoint)
-    max_pending_auth_events: int = 1024
+    shed_retry_after: int = 1  # seconds a shed client waits: capacity frees up quickly
+    # request bodies held at once, all connections of the process (see MemoryBudget)
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024
+    shedding: ShedOptions | None = field(default_factory=ShedOptions)  # None: never shed
+    attributions_per_second: float = 500.0  # refused bodies looked into, per process
+    attributions_per_source: float = 50.0  # … per source address (NATs share one)
+    auth_event_interval: float = 1.0  # per (reason, token or source, endpoint); 0 = each
+    max_auth_event_keys: int = 10_000  # keys the coalescer remembers
+    max_pending_auth_events: int = 1024  # AuthEvent publications in flight
 
 
 class IngestService:
@@ -78,41 +107,90 @@ class IngestService:
         self._clock = clock
         self._inflight = 0
         opts = self.options
-        self._decode_budget = TokenBucket(opts.auth_events_per_second, opts.auth_events_per_second)
-        self._per_source = KeyedBuckets(opts.auth_events_per_source, opts.auth_events_per_source)
-        self._per_endpoint = KeyedBuckets(1 / opts.auth_event_interval, 1)
+        self.budget = MemoryBudget(opts.max_body_bytes_in_flight)
+        self.shedder = LoadShedder(opts.shedding) if opts.shedding is not None else None
+        if self.shedder is not None:
+            self.shedder.waiting = lambda: self._inflight > 0 or self.budget.in_use > 0
+        rate, per_source = opts.attributions_per_second, opts.attributions_per_source
+        self._attribution_budget = TokenBucket(rate, rate)
+        self._per_source = KeyedBuckets(per_source, per_source)
+        self._coalescer = Coalescer(opts.auth_event_interval, opts.max_auth_event_keys)
         self._auth_tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake_flusher = asyncio.Event()
+
+    def start(self) -> None:
+        """Start the background parts (lag sampling); call on the serving loop."""
+        if self.shedder is not None:
+            self.shedder.start()
 
     def ready(self) -> bool:
         return self._bus.ready()
 
-    async def export(self, signal: Signal, body: bytes, decode: Decoder, caller: Caller) -> Outcome:
-        outcome = await self._export(body, decode, caller)
+    # ------------------------------------------------------------------------- admission
+
+    def admit(self) -> Outcome | None:
+        """None to go on, or the "retry later" answer for a receiver past its capacity."""
+        if self.shedder is not None and not self.shedder.admit():
+            return Outcome(
+                Status.UNAVAILABLE, "receiver overloaded", retry_after=self.options.shed_retry_after
+            )
+        return None
+
+    def served(self, seconds: float) -> None:
+        """An admitted request's time from arrival to answer (the shedder's queue signal)."""
+        if self.shedder is not None:
+            self.shedder.waited(seconds)
+
+    def over_budget(self) -> Outcome:
+        return Outcome(
+            Status.UNAVAILABLE,
+            "receiver memory budget for request bodies is full",
+            retry_after=self.options.shed_retry_after,
+        )
+
+    def authenticate(self, caller: Caller) -> Granted | Denied:
+        return self._auth.authenticate_all(caller.authorizations)
+
+    def count(self, signal: Signal, caller: Caller, outcome: Outcome) -> Outcome:
+        """Count an answer decided by a transport (shed, over budget, refused)."""
         metrics.requests(caller.transport, signal.value, outcome.status.value).inc()
         return outcome
 
-    async def _export(self, body: bytes, decode: Decoder, caller: Caller) -> Outcome:
-        grant = self._auth.authenticate(caller.authorization)
+    # ---------------------------------------------------------------------------- export
+
+    async def export(
+        self,
+        signal: Signal,
+        body: bytes,
+        caller: Caller,
+        *,
+        json: bool = False,
+        grant: Granted | Denied | None = None,
+    ) -> Outcome:
+        """One whole request. ``grant`` is the transport's earlier ``authenticate``, if any."""
+        if grant is None:
+            grant = self.authenticate(caller)
         if isinstance(grant, Denied):
-            metrics.rejects(grant.reason.value).inc()
-            self._note_denied(grant, body, decode, caller.address)
-            return Outcome(Status.UNAUTHENTICATED, f"ingest token {grant.reason.value}")
+            outcome = self.refuse(signal, grant, caller, body, json=json, complete=True)
+        else:
+            outcome = await self._export(signal, body, json, grant)
+        return self.count(signal, caller, outcome)
+
+    async def _export(self, signal: Signal, body: bytes, json: bool, grant: Granted) -> Outcome:
         try:
-            request = decode(body)
+            request = _decode(signal, body, json)
         except MalformedRequest as error:
             metrics.rejects("malformed_request").inc()
             return Outcome(Status.INVALID, str(error))
-        extraction = extract(
-            request,
-            grant.tenant_id,
-            self._clock(),
-            self.options.identity_attributes,
-            self.options.limits,
-        )
-        if extraction.errors:
-            metrics.rejects("invalid_resource").inc(len(extraction.errors))
+        extraction = await self._extract(request, grant.tenant_id)
+        errors = extraction.errors
+        if errors:
+            metrics.rejects("invalid_resource").inc(extraction.error_count)
+        message = capped_message(errors, extraction.error_count)
+        reasons, total = tuple(errors), extraction.error_count
         if extraction.rejected_all:
-            return Outcome(Status.INVALID, "; ".join(extraction.errors))
+            return Outcome(Status.INVALID, message, errors=reasons, error_total=total)
         if extraction.snapshots:
             if self._inflight >= self.options.max_inflight:
                 metrics.rejects("overloaded").inc()
@@ -134,23 +212,72 @@ class IngestService:
                 self._inflight -= 1
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
             metrics.snapshots(extraction.snapshots[0].signal.value).inc(len(records))
-        return Outcome(Status.OK, "; ".join(extraction.errors), rejected=extraction.rejected_items)
+        rejected = extraction.rejected_items
+        return Outcome(Status.OK, message, rejected, errors=reasons, error_total=total)
 
-    def _note_denied(self, denied: Denied, body: bytes, decode: Decoder, address: str) -> None:
-        """Publish an AuthEvent in the background, within budgets, without delaying the 401."""
-        if len(self._auth_tasks) >= self.options.max_pending_auth_events or not (
-            self._per_source.take(address) and self._decode_budget.take()
-        ):
-            metrics.auth_events("suppressed").inc()
-            return
-        identity: str | None = None
-        with contextlib.suppress(MalformedRequest):
-            identity = identity_of(
-                decode(body), self.options.identity_attributes, self.options.limits
+    async def _extract(self, request: ExportRequest, tenant_id: str) -> Extraction:
+        """Extract in slices of ``SLICE`` resources, yielding to the loop in between: a
+        request of 200,000 resources takes about a second, and other requests must not
+        wait for all of it."""
+        received_at = self._clock()
+        opts = self.options
+        total = resource_count(request)
+        parts: list[Extraction] = []
+        for start in range(0, max(total, 1), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            parts.append(
+                extract(
+                    request,
+                    tenant_id,
+                    received_at,
+                    opts.identity_attributes,
+                    opts.limits,
+                    start,
+                    start + SLICE,
+                )
             )
-        if not self._per_endpoint.take((denied.reason, denied.token_id or address, identity)):
-            metrics.auth_events("suppressed").inc()
-            return
+        return combined(parts)
+
+    # ----------------------------------------------------------------------- rejections
+
+    def refuse(
+        self,
+        signal: Signal,
+        denied: Denied,
+        caller: Caller,
+        prefix: bytes,
+        *,
+        json: bool = False,
+        complete: bool = False,
+    ) -> Outcome:
+        """The 401 for a request without a valid token, counted in an AuthEvent.
+
+        ``prefix`` is what the transport kept of the body (at most ``PREFIX_BYTES``, decoded;
+        ``complete`` if that is all of it). It is looked into for an identity only within the
+        attribution budgets; the rejection is counted either way.
+        """
+        metrics.rejects(denied.reason.value).inc()
+        identity: str | None = None
+        if prefix and self._per_source.take(caller.address) and self._attribution_budget.take():
+            identity = attribute(
+                prefix,
+                _REQUEST_TYPES[signal],
+                json,
+                complete,
+                self.options.identity_attributes,
+                self.options.limits,
+            )
+        else:
+            metrics.auth_events("unattributed").inc()
+        self._note_denied(denied, identity, caller.address)
+        message = f"ingest token {denied.reason.value}"
+        if denied.detail:
+            message += f": {denied.detail}"
+        return Outcome(Status.UNAUTHENTICATED, message)
+
+    def _note_denied(self, denied: Denied, identity: str | None, address: str) -> None:
+        now = self._clock()
         event = AuthEvent(
             tenant_id=denied.tenant_id,
             endpoint_id=endpoint_id(denied.tenant_id, identity)
@@ -160,13 +287,54 @@ class IngestService:
             token_id=denied.token_id,
             reason=denied.reason,
             source=address,
-            observed_at=self._clock(),
+            observed_at=now,
         )
-        key = event.endpoint_id or identity or address
+        key: Hashable = (denied.reason, denied.token_id or address, identity)
+        ready = self._coalescer.add(key, event, time.monotonic())
+        if ready is None:
+            metrics.auth_events("coalesced").inc()
+            self._ensure_flusher()
+        elif not self._publish(ready):
+            self._coalescer.later(ready, key, time.monotonic() + 0.1)
+            self._ensure_flusher()
+
+    def _publish(self, event: AuthEvent, force: bool = False) -> bool:
+        """Publish in the background, without delaying the 401; False when too many are."""
+        if not force and len(self._auth_tasks) >= self.options.max_pending_auth_events:
+            return False
+        key = event.endpoint_id or event.identity or event.source
         record = Record(topics.AUTH_EVENTS, key, event.to_json())
         task = asyncio.create_task(self._publish_auth_event(record))
         self._auth_tasks.add(task)
         task.add_done_callback(self._auth_tasks.discard)
+        return True
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        self._wake_flusher.set()
+
+    async def _flush_forever(self) -> None:
+        """Publish held AuthEvents as their intervals end (at most a few every tick)."""
+        while True:
+            self._wake_flusher.clear()
+            due = self._coalescer.next_due()
+            if due is None:
+                await self._wake_flusher.wait()
+                continue
+            delay = due - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake_flusher.wait()
+                continue
+            room = self.options.max_pending_auth_events - len(self._auth_tasks)
+            for event in self._coalescer.due(time.monotonic(), limit=max(0, room)):
+                self._publish(event)
+            if room <= 0:
+                await asyncio.sleep(0.05)  # the bus is slow: let publications finish
+            else:
+                await asyncio.sleep(0)
 
     async def _publish_auth_event(self, record: Record) -> None:
         try:
@@ -178,6 +346,47 @@ class IngestService:
             metrics.auth_events("published").inc()
 
     async def drain(self) -> None:
-        """Wait for background AuthEvents, e.g. before shutdown."""
+        """Publish every held AuthEvent and wait for them, e.g. before shutdown."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for event in self._coalescer.flush():
+            self._publish(event, force=True)
         if self._auth_tasks:
             await asyncio.gather(*self._auth_tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self.shedder is not None:
+            await self.shedder.stop()
+
+
+def _decode(signal: Signal, body: bytes, json: bool) -> ExportRequest:
+    request_type = _REQUEST_TYPES[signal]
+    if json:
+        return decode_json(body, request_type)
+    return decode_protobuf(body, request_type)
+
+
+def capped_message(
+    errors: Sequence[str], total: int | None = None, limit: int = MAX_MESSAGE_BYTES
+) -> str:
+    """``errors`` joined with "; " up to ``limit`` bytes, then "… and N more".
+
+    An identity-less 4 MB request once produced an 18 MB answer; a client needs the first
+    reasons and the count, not every one.
+    """
+    total = len(errors) if total is None else total
+    parts: list[str] = []
+    size = 0
+    for error in errors:
+        size += len(error.encode()) + 2
+        if size > limit - 64:
+            break
+        parts.append(error)
+    message = "; ".join(parts)
+    if len(parts) < total:
+        message += f"; … and {total - len(parts)} more"
+    return message

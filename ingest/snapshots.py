@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,11 +42,15 @@ class Limits:
     max_value_length: int = 4096
 
 
+MAX_ERRORS = 1000  # reasons kept per request; the rest are only counted
+
+
 @dataclass(frozen=True, slots=True)
 class Extraction:
     snapshots: list[EndpointSnapshot]
     rejected_items: int = 0  # data points / log records / spans in rejected resources
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS reasons
+    error_count: int = 0  # rejected resources, all of them
 
     @property
     def rejected_all(self) -> bool:
@@ -198,13 +204,19 @@ def extract(
     received_at: datetime,
     identity_attributes: Sequence[str] = DEFAULT_IDENTITY_ATTRIBUTES,
     limits: Limits = Limits(),
+    start: int = 0,
+    stop: int | None = None,
 ) -> Extraction:
+    """Snapshots of the request's resources ``start`` to ``stop`` (all by default), so a
+    caller can work through a huge request in slices and let other work run in between."""
     signal = signal_of(request)
     wanted = _record_keys(tuple(identity_attributes))
     snapshots: list[EndpointSnapshot] = []
     errors: list[str] = []
+    error_count = 0
     rejected = 0
-    for index, resource_entry in enumerate(_resources(request)):
+    entries = itertools.islice(_resources(request), start, stop)
+    for index, resource_entry in enumerate(entries, start):
         where = f"resource {index}"
         first = next(iter(_records(signal, resource_entry)), None)
         try:
@@ -215,14 +227,18 @@ def extract(
                 else {}
             )
         except LimitExceeded as error:
-            errors.append(str(error))
+            error_count += 1
+            if len(errors) < MAX_ERRORS:
+                errors.append(str(error))
             rejected += _count(signal, resource_entry)
             continue
         identity = _identity(resource, record, identity_attributes)
         if identity is None:
-            errors.append(
-                f"{where} has no identity attribute (one of {', '.join(identity_attributes)})"
-            )
+            error_count += 1
+            if len(errors) < MAX_ERRORS:
+                errors.append(
+                    f"{where} has no identity attribute (one of {', '.join(identity_attributes)})"
+                )
             rejected += _count(signal, resource_entry)
             continue
         nanos = _record_time(signal, first) if first is not None else 0
@@ -242,18 +258,43 @@ def extract(
                 received_at=received_at,
             )
         )
-    return Extraction(snapshots, rejected, errors)
+    return Extraction(snapshots, rejected, errors, error_count)
+
+
+def resource_count(request: ExportRequest) -> int:
+    return len(_resources(request))
+
+
+def combined(parts: Sequence[Extraction]) -> Extraction:
+    """Slices' extractions as one (errors still capped at MAX_ERRORS)."""
+    if len(parts) == 1:
+        return parts[0]
+    errors = [error for part in parts for error in part.errors][:MAX_ERRORS]
+    return Extraction(
+        [snapshot for part in parts for snapshot in part.snapshots],
+        sum(part.rejected_items for part in parts),
+        errors,
+        sum(part.error_count for part in parts),
+    )
 
 
 def identity_of(
     request: ExportRequest,
     identity_attributes: Sequence[str] = DEFAULT_IDENTITY_ATTRIBUTES,
     limits: Limits = Limits(),
+    max_resources: int | None = None,
+    deadline: float | None = None,
 ) -> str | None:
-    """The first resource's identity, for attributing a rejected request to an endpoint."""
+    """The first resource's identity, for attributing a rejected request to an endpoint;
+    at most ``max_resources`` resources are looked at, and none after ``deadline``
+    (``time.perf_counter``)."""
     signal = signal_of(request)
     wanted = frozenset(identity_attributes)
-    for resource_entry in _resources(request):
+    for index, resource_entry in enumerate(_resources(request)):
+        if (max_resources is not None and index >= max_resources) or (
+            deadline is not None and index and time.perf_counter() > deadline
+        ):
+            return None
         first = next(iter(_records(signal, resource_entry)), None)
         try:
             resource = attributes(resource_entry.resource.attributes, limits, "resource")

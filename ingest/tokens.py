@@ -14,7 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -96,6 +96,7 @@ class Denied:
     reason: AuthReason
     tenant_id: str | None = None
     token_id: str | None = None
+    detail: str = ""  # more words for the answer (never the token)
 
 
 def hash_token(token: str) -> bytes:
@@ -237,6 +238,13 @@ class Authenticator:
         self._version = version
         rows = self._db.execute("SELECT * FROM tokens").fetchall()
         self._by_hash = {record.sha256: record for record in (TokenRecord(*r) for r in rows)}
+
+    def authenticate_all(self, authorizations: Sequence[str]) -> Granted | Denied:
+        """Every Authorization value a request carried: more than one is refused, whatever
+        they say, so no transport (or proxy in front) can pick a different one than another."""
+        if len(authorizations) > 1:
+            return Denied(AuthReason.MALFORMED, detail="more than one Authorization header")
+        return self.authenticate(authorizations[0] if authorizations else None)
 
     def authenticate(self, authorization: str | None) -> Granted | Denied:
         token = parse_bearer(authorization)

@@ -286,11 +286,29 @@ def _apply_auth_event(
         _check_endpoint(state, event.tenant_id, event.endpoint_id)
         if at < state.last_event_at:
             return state, []
+    threshold = policy.stale_token.threshold
     rejections = state.rejections
-    if not rejections or rejections[-1] != at:  # one rejection per instant: replays count once
-        rejections = (*rejections, at)
-    state = replace(state, last_event_at=at, rejections=rejections[-policy.stale_token.threshold :])
+    if not rejections or rejections[-1] != at:  # one event per instant: replays count once
+        rejections = tuple(sorted((*rejections, *rejection_times(event, threshold))))
+    state = replace(state, last_event_at=at, rejections=rejections[-threshold:])
     return _evaluate(state, policy, at, stale_resolution=None)
+
+
+def rejection_times(event: AuthEvent, limit: int) -> tuple[datetime, ...]:
+    """The times of the rejected requests one (coalesced) AuthEvent stands for, at most
+    ``limit`` of the latest: the first at ``first_observed_at``, the others at ``observed_at``
+    (the receiver knows only the first and the last of a coalesced run).
+
+    The rule needs ``threshold`` requests within ``window``; a run lasts at most the
+    receiver's coalescing interval (about a second), far shorter than any window, so placing
+    the middle ones at the last time changes no verdict.
+    """
+    last = utc(event.observed_at)
+    count = max(1, event.count)
+    if count == 1:
+        return (last,)
+    first = utc(event.first_at)
+    return ((first,) + (last,) * (count - 1))[-limit:]
 
 
 def _evaluate(

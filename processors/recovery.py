@@ -95,11 +95,14 @@ def _recent_rejections(
     client: Client, states: dict[str, EndpointState]
 ) -> dict[str, tuple[str, list[datetime]]]:
     """Retired/revoked rejections after each endpoint's last snapshot (the ones still counting)."""
+    # A row is a coalesced run of `count` rejections (first_observed_at … observed_at): the
+    # latest MAX_STALE_THRESHOLD rows hold at least as many requests as any threshold needs.
     rows = query_dicts(
         client,
-        "SELECT tenant_id, endpoint_id, groupArray({limit:UInt32})(observed_at) AS times "
-        "FROM (SELECT DISTINCT tenant_id, endpoint_id, observed_at FROM auth_events "
-        "WHERE endpoint_id != '' AND tenant_id != '' "
+        "SELECT tenant_id, endpoint_id, "
+        "groupArray({limit:UInt32})((first_observed_at, observed_at, count)) AS runs "
+        "FROM (SELECT DISTINCT tenant_id, endpoint_id, first_observed_at, observed_at, count "
+        "FROM auth_events WHERE endpoint_id != '' AND tenant_id != '' "
         "AND reason IN ('retired', 'revoked') ORDER BY observed_at DESC) "
         "GROUP BY tenant_id, endpoint_id",
         {"limit": MAX_STALE_THRESHOLD},
@@ -108,7 +111,10 @@ def _recent_rejections(
     for row in rows:
         state = states.get(row["endpoint_id"])
         since = state.snapshot_at if state is not None else None
-        times = sorted(utc(t) for t in row["times"] if since is None or utc(t) > since)
+        times: list[datetime] = []
+        for first, last, count in row["runs"]:
+            run = [utc(first), *[utc(last)] * (min(int(count), MAX_STALE_THRESHOLD) - 1)]
+            times += [t for t in run if since is None or t > since]
         if times:
-            out[row["endpoint_id"]] = (row["tenant_id"], times)
+            out[row["endpoint_id"]] = (row["tenant_id"], sorted(times)[-MAX_STALE_THRESHOLD:])
     return out

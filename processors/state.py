@@ -110,8 +110,9 @@ class EndpointState:
     current one): a laptop running two OTel tools is judged on both, instead of flapping
     between them with each export.
 
-    ``rejections`` are the most recent distinct times of retired/revoked-token rejections since
-    the last accepted snapshot, oldest first, at most the policy's stale-token threshold.
+    ``rejections`` are the times of the most recent retired/revoked-token rejected requests
+    since the last accepted snapshot, oldest first, at most the policy's stale-token threshold;
+    a coalesced AuthEvent adds one per request it stands for, so a time may repeat.
     ``open_flags`` is sorted by kind.
     """
 

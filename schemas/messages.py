@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def aware(value: datetime) -> datetime:
@@ -65,11 +65,16 @@ class AuthReason(StrEnum):
 
 
 class AuthEvent(Message):
-    """A rejected request. Stale tokens after a rotation show up here, not in snapshots.
+    """Rejected requests. Stale tokens after a rotation show up here, not in snapshots.
 
     ``tenant_id`` is known only when the token is one we issued (retired or revoked);
     ``endpoint_id`` then follows the snapshot rule, so both streams join on it. ``identity`` is
     the raw identity attribute from the payload, kept for requests no tenant can be named for.
+
+    The receiver rate-limits AuthEvents by coalescing, never by dropping: one event stands for
+    ``count`` rejected requests of the same key, the first at ``first_observed_at`` and the
+    last at ``observed_at`` (equal when ``count`` is 1; filled in when absent, so events
+    written before coalescing existed still read).
     """
 
     tenant_id: str | None
@@ -79,6 +84,26 @@ class AuthEvent(Message):
     reason: AuthReason
     source: str
     observed_at: Timestamp
+    count: int = Field(default=1, ge=1)
+    first_observed_at: Timestamp | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_defaults_to_last(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("first_observed_at") is None:
+            data = {**data, "first_observed_at": data.get("observed_at")}
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.first_observed_at is not None and self.first_observed_at > self.observed_at:
+            raise ValueError("first_observed_at is after observed_at")
+        return self
+
+    @property
+    def first_at(self) -> datetime:
+        """When the first of the ``count`` rejections happened."""
+        return self.first_observed_at or self.observed_at
 
 
 class FlagKind(StrEnum):

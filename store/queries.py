@@ -90,7 +90,8 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
     )
     rejections = query_dicts(
         client,
-        "SELECT reason, token_id, source, observed_at FROM auth_events FINAL "  # noqa: S608
+        "SELECT reason, token_id, source, count, first_observed_at, observed_at "  # noqa: S608
+        "FROM auth_events FINAL "
         f"WHERE {scope} ORDER BY observed_at DESC LIMIT 50",
         parameters,
     )

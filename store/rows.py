@@ -43,6 +43,8 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "reason",
             "source",
             "observed_at",
+            "count",
+            "first_observed_at",
         ),
         "drift_flags": (
             "tenant_id",
@@ -193,6 +195,8 @@ def values_for(message: StoreMessage) -> tuple[str, list[Any]]:
             message.reason.value,
             message.source,
             message.observed_at,
+            message.count,
+            message.first_at,
         ]
     if isinstance(message, DriftFlag):
         return "drift_flags", [

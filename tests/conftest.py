@@ -38,6 +38,8 @@ async def start_receiver(
     store = TokenStore(tmp / "tokens.db")
     _, token = store.create("acme")
     # refresh_every=0: tests rotate and revoke tokens and expect the very next request to see it
+    # no shedding unless a test asks: the test's own clients share the receiver's event loop
+    options = options or IngestOptions(shedding=None)
     service = IngestService(Authenticator(store.path, refresh_every=0), bus, options)
     receiver = Receiver(service, receiver_options or ReceiverOptions(grpc_port=0, http_port=0))
     await bus.start()

@@ -79,6 +79,8 @@ def reject(
     *,
     endpoint: str | None = ENDPOINT,
     tenant: str | None = "acme",
+    count: int = 1,
+    first: float | None = None,
 ) -> AuthEvent:
     return AuthEvent(
         tenant_id=tenant,
@@ -88,6 +90,8 @@ def reject(
         reason=reason,
         source="10.0.0.1",
         observed_at=at(t),
+        count=count,
+        first_observed_at=at(t if first is None else first),
     )
 
 
@@ -384,6 +388,29 @@ def test_rejections_before_the_rotation_do_not_count() -> None:
     assert [flag.first_seen for flag in flags] == [at(102)]
     # at the rotation instant counts
     assert len(run([reject(100), reject(101), reject(102)], rules)[1]) == 1
+
+
+def test_a_coalesced_event_counts_every_request_it_stands_for() -> None:
+    # the receiver sent the first rejection at once and coalesced the next three into one
+    current, flags = run([reject(0), reject(1.5, count=3, first=0.5)])
+    assert transitions(flags) == [(STALE, FlagState.RAISED)]
+    assert flags[0].first_seen == at(1.5)
+    assert current is not None
+    assert current.rejections == (at(0.5), at(1.5), at(1.5))
+    # one event alone can carry the threshold
+    assert transitions(run([reject(2, count=3, first=0)])[1]) == [(STALE, FlagState.RAISED)]
+    assert run([reject(2, count=2, first=0)])[1] == []
+
+
+def test_a_coalesced_event_replayed_counts_once() -> None:
+    event = reject(1, count=2, first=0)
+    assert run([event, event, event])[1] == []
+
+
+def test_a_coalesced_run_wider_than_the_window_does_not_raise_alone() -> None:
+    assert run([reject(700, count=3, first=0)])[1] == []  # 0, 700, 700
+    assert run([reject(700, count=3, first=0), reject(701)])[1] != []  # 700, 700, 701
+    assert run([reject(700), reject(1400, count=2, first=701)])[1] == []  # 700, 701, 1400
 
 
 def test_duplicate_rejection_at_one_instant_counts_once() -> None:

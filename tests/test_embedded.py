@@ -57,9 +57,8 @@ def test_fleet_drift_is_flagged_and_resolved(run: Run) -> None:
     run.cli("tokens", "rotate", "--tenant", "acme", "--grace", "0s")
     assert json.loads(run.cli("policy", "show", "--tenant", "acme"))["token_rotated_at"]
     new_token = run.cli("tokens", "create", "--tenant", "acme").strip().splitlines()[-1]
-    for _ in range(3):
+    for _ in range(3):  # back to back: the receiver coalesces them, and counts every one
         assert not export_metrics("grpc", grpc, token, claude_resource("OK", "web"))
-        time.sleep(0.6)  # the receiver reports one rejection per endpoint per interval
     until(lambda: ("acme/OK", "stale_token") in run.open_flags())
 
     # fixing the endpoints resolves their flags
@@ -73,6 +72,51 @@ def test_fleet_drift_is_flagged_and_resolved(run: Run) -> None:
         ("outdated_client", "resolved"),
     ]
     assert [s["app_version"] for s in history["states"]] == ["2.0.3", "2.0.12"]
+    assert "Traceback" not in run.stop()
+
+
+@pytest.mark.parametrize("interval", [None, "0"])
+def test_a_burst_of_stale_token_retries_is_flagged_within_two_seconds(
+    run: Run, interval: str | None
+) -> None:
+    """4 rejections within 2 s, threshold 3: flagged about 2 s after the third at most (the
+    default AuthEvent interval is 1 s; 0 publishes every rejection and must not crash)."""
+    token = TokenStore(run.data / "tokens.db").create("acme")[1]
+    run.cli("policy", "set", str(run.data / "policy.yaml"))
+    run.start(**({"DRIFTLINE_AUTH_EVENT_INTERVAL": interval} if interval else {}))
+    run.cli("tokens", "rotate", "--tenant", "acme", "--grace", "0s")
+    time.sleep(1.2)  # receivers pick registry changes up within a second
+    url = f"http://127.0.0.1:{run.ports['http']}/v1/metrics"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "resource": {
+                        "attributes": [
+                            {"key": "device.serial_number", "value": {"stringValue": "BURST"}}
+                        ]
+                    }
+                }
+            ]
+        }
+    )
+    third = 0.0
+    with httpx.Client() as client:
+        for n in range(4):
+            assert client.post(url, content=body, headers=headers).status_code == 401
+            if n == 2:
+                third = time.monotonic()
+            time.sleep(0.5)
+    # when the poll that first saw the flag began: a CLI run's own start-up is not the pipeline's
+    while True:
+        began = time.monotonic()
+        if ("acme/BURST", "stale_token") in run.open_flags():
+            break
+        assert began - third < 10, "no stale_token flag within 10 s of the third rejection"
+    assert began - third < 2.5
+    history = json.loads(run.cli("endpoint", "acme/BURST", "--tenant", "acme", "--json"))
+    assert sum(row["count"] for row in history["rejections"]) == 4
     assert "Traceback" not in run.stop()
 
 

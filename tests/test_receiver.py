@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -184,11 +185,21 @@ async def test_revoked_token_is_refused_on_grpc(running: RunningReceiver) -> Non
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_auth_events_are_rate_limited_per_endpoint(running: RunningReceiver) -> None:
+async def test_auth_events_are_coalesced_per_endpoint_never_dropped(
+    running: RunningReceiver,
+) -> None:
     body = _request_with(resource={"device.serial_number": "C9"}, point={}).SerializeToString()
+    began = time.monotonic()
     for _ in range(20):
         assert (await _post(running, body, authorization=None)).status_code == 401
-    assert len(await auth_events(running)) == 1
+    elapsed = time.monotonic() - began
+    events = await auth_events(running)  # the first at once, the others held and counted
+    assert sum(event.count for event in events) == 20
+    interval = running.receiver.service.options.auth_event_interval
+    assert len(events) <= 2 + int(elapsed / interval)  # one per interval, not one per request
+    assert events[0].count == 1 and events[-1].count > 1
+    for event in events:
+        assert event.first_at <= event.observed_at and event.identity == "C9"
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -28,6 +28,18 @@ SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
         int,
         "characters per attribute value (default 4096)",
     ),
+    "--max-body-bytes-in-flight": (
+        "max_body_bytes_in_flight",
+        int,
+        "request bodies held at once per receiver process; past it 503 (default 256 MiB)",
+    ),
+    "--tls-cert": ("tls_cert", Path, "PEM certificate chain: serve both receivers over TLS"),
+    "--tls-key": ("tls_key", Path, "PEM private key of --tls-cert"),
+    "--tls-client-ca": (
+        "tls_client_ca",
+        Path,
+        "PEM CA: require client certificates it signed (mutual TLS)",
+    ),
 }
 
 

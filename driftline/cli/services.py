@@ -14,6 +14,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.tokens import TokenStore
 
     settings = settings_of(args)
+    ingest_runner.tls_options(settings)  # a half-configured TLS fails here, not in workers
     if not TokenStore(settings.token_registry).records():
         logging.warning(
             "no ingest tokens yet in %s: create one with `driftline tokens create --tenant NAME`",

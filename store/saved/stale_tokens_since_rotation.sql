@@ -5,8 +5,8 @@ SELECT
     endpoint_id,
     any(identity) AS identity,
     groupUniqArray(token_id) AS tokens,
-    count() AS rejections,
-    min(observed_at) AS first_rejected,
+    sum(count) AS rejections,  -- an AuthEvent row stands for `count` rejected requests
+    min(first_observed_at) AS first_rejected,
     max(observed_at) AS last_rejected,
     groupUniqArray(source) AS sources
 FROM auth_events FINAL

@@ -22,7 +22,7 @@ class Run:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *flags: str, **env_overrides: str) -> None:
-        env = {**os.environ, "DRIFTLINE_AUTH_EVENT_INTERVAL": "0.5", **env_overrides}
+        env = {**os.environ, **env_overrides}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "driftline.cli", "run", "--data", str(self.data),
              "--grpc-port", str(self.ports["grpc"]), "--http-port", str(self.ports["http"]),

@@ -8,8 +8,11 @@ OTEL_RESOURCE_ATTRIBUTES adds (customers put `team.id` and `device.serial_number
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetrics,
@@ -61,6 +64,22 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token is not None else {}
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """What an exporter trusts (``ca``) and, for mutual TLS, the certificate it presents."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
 def export_metrics(
     protocol: Protocol,
     port: int,
@@ -69,6 +88,7 @@ def export_metrics(
     app_version: str = "2.0.14",
     timeout: float = 5,
     compression: bool = False,
+    tls: ClientTls | None = None,
 ) -> bool:
     """Record Claude Code's session and token counters and export them once; True on success."""
     reader = InMemoryMetricReader()
@@ -85,14 +105,21 @@ def export_metrics(
     exporter: GrpcMetrics | HttpMetrics
     if protocol == "grpc":
         exporter = GrpcMetrics(
-            endpoint=f"localhost:{port}", insecure=True, headers=_headers(token), timeout=timeout
+            endpoint=f"localhost:{port}",
+            insecure=tls is None,
+            credentials=tls.grpc_credentials() if tls else None,
+            headers=_headers(token),
+            timeout=timeout,
         )
     else:
         exporter = HttpMetrics(
-            endpoint=f"http://localhost:{port}/v1/metrics",
+            endpoint=f"{'https' if tls else 'http'}://localhost:{port}/v1/metrics",
             headers=_headers(token),
             timeout=timeout,
             compression=Compression.Gzip if compression else Compression.NoCompression,
+            certificate_file=str(tls.ca) if tls else None,
+            client_certificate_file=str(tls.cert) if tls and tls.cert else None,
+            client_key_file=str(tls.key) if tls and tls.key else None,
         )
     try:
         return exporter.export(data).name == "SUCCESS"

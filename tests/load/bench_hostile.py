@@ -1,0 +1,313 @@
+"""`make bench-hostile`: `driftline run` under hostile load, on this machine, with Python clients.
+
+Prints the figures issue 12 asks for:
+- p99 of valid exports (HTTP and gRPC) while 8 unauthenticated clients send 3.7 MiB
+  attribution bombs (200,000 resources without identity);
+- RSS growth with 200 unauthenticated connections holding half-sent 19 MiB bodies, and RSS
+  after they close;
+- at 3x the saturated rate: requests answered (OK or 503/UNAVAILABLE) within 2 s, and the
+  accepted throughput against the saturated one;
+- stale_token recall (and precision) on bursts of rejected requests, and how long after the
+  threshold-th rejection the flag was visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import time
+
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from tests.load.fleet import Laptop, metrics_export
+from tests.load.hostile import (
+    HttpConnection,
+    MiB,
+    Pipeline,
+    attribution_bomb,
+    closed_loop_grpc,
+    closed_loop_http,
+    driftline_run,
+    http_head,
+    open_loop_grpc,
+    open_loop_http,
+    percentile,
+    rss_mib,
+)
+
+console = Console()
+POLICY = """
+tenant: acme
+stale_token: {threshold: 3, window: 10m}
+"""
+
+
+def _bodies(count: int, first: int = 0) -> list[bytes]:
+    """Exports of ``count`` distinct laptops (serials from ``first``): a template with the
+    serial swapped, so a hundred thousand cost a second, not a minute."""
+    template = metrics_export(Laptop("C02XXXXXXXX", "web", "2.0.14"), time.time_ns())
+    return [template.replace(b"C02XXXXXXXX", b"C02%08d" % (first + i)) for i in range(count)]
+
+
+# --------------------------------------------------------------------------- bombs
+
+
+async def bombs(run: Pipeline, seconds: float, clients: int = 8) -> dict[str, float]:
+    bomb = attribution_bomb()
+    head = http_head(len(bomb), None)
+    bodies = _bodies(200)
+    stop = time.monotonic() + seconds
+    sent = 0
+
+    async def bomber() -> None:
+        nonlocal sent
+        connection = HttpConnection(run.ports["http"])
+        while time.monotonic() < stop:
+            await connection.post(head, bomb, 30)
+            sent += 1
+        await connection.close()
+
+    async def valid(protocol: str) -> list[float]:
+        rate = 10.0
+        if protocol == "http":
+            tally = await open_loop_http(
+                run.ports["http"], bodies, run.token, rate, seconds, connections=8, deadline=30
+            )
+        else:
+            tally = await open_loop_grpc(
+                run.ports["grpc"], bodies, run.token, rate, seconds, channels=2, deadline=30
+            )
+        failed = tally.sent - tally.statuses.get(200, 0)
+        if failed:
+            console.print(f"  valid {protocol}: {failed} of {tally.sent} not OK: {tally.statuses}")
+        return tally.ok_latencies
+
+    results = await asyncio.gather(
+        *(bomber() for _ in range(clients)), valid("http"), valid("grpc")
+    )
+    http, grpc_ = results[-2], results[-1]
+    assert isinstance(http, list) and isinstance(grpc_, list)
+    return {
+        "bombs sent": sent,
+        "bomb MiB": len(bomb) / MiB,
+        "http p50 ms": percentile(http, 0.5) * 1000,
+        "http p99 ms": percentile(http, 0.99) * 1000,
+        "grpc p50 ms": percentile(grpc_, 0.5) * 1000,
+        "grpc p99 ms": percentile(grpc_, 0.99) * 1000,
+    }
+
+
+# --------------------------------------------------------------------- half-sent bodies
+
+
+def half_sent(
+    run: Pipeline, token: str | None, connections: int = 200, size: int = 19 * MiB
+) -> dict[str, float]:
+    """``connections`` clients each declare ``size`` bytes and send half. Without a token
+    the receiver answers once 64 KiB is in and closes; with one, the memory budget admits
+    what fits (256 MiB by default) and answers the rest 503 before reading them."""
+    head = http_head(size, token)
+    half = memoryview(bytes(size // 2))
+    time.sleep(1)
+    baseline = rss_mib(run.pid)
+    sockets: list[socket.socket] = []
+    peak = baseline
+    refused = 0
+    try:
+        for _ in range(connections):
+            sock = socket.create_connection(("127.0.0.1", run.ports["http"]))
+            sock.settimeout(10)
+            try:
+                sock.sendall(head)
+                sock.sendall(half)
+            except (ConnectionResetError, BrokenPipeError):
+                refused += 1
+            sockets.append(sock)
+            peak = max(peak, rss_mib(run.pid))
+        time.sleep(2)
+        holding = rss_mib(run.pid)
+        peak = max(peak, holding)
+    finally:
+        for sock in sockets:
+            sock.close()
+    time.sleep(3)
+    after = rss_mib(run.pid)
+    return {
+        "refused while sending": refused,
+        "baseline MiB": baseline,
+        "peak MiB": peak,
+        "growth MiB": peak - baseline,
+        "after close MiB": after,
+        "after vs baseline %": (after - baseline) / baseline * 100,
+    }
+
+
+# ------------------------------------------------------------------------- overload
+
+
+async def overload(protocol: str, seconds: float) -> dict[str, float]:
+    """The saturated rate is measured with shedding off (the receiver's capacity: closed-loop
+    clients hammering 503s would measure the shedding instead), then a fresh receiver with
+    the defaults gets three times that, open loop."""
+    # one export per laptop never seen before: every one is a store write, in both phases
+    bodies = _bodies(int(seconds * 5000))
+    # saturation needs requests in flight: `driftline run` answers after a group commit
+    with driftline_run(DRIFTLINE_SHED_LAG="0") as run:
+        port = run.ports[protocol]
+        if protocol == "http":
+            saturated = await closed_loop_http(port, bodies, run.token, seconds, 512)
+        else:
+            saturated = await closed_loop_grpc(port, bodies, run.token, seconds, 512)
+    bodies = _bodies(int(seconds * saturated * 3) + 1, first=len(bodies))
+    with driftline_run() as run:
+        port = run.ports[protocol]
+        if protocol == "http":
+            tally = await open_loop_http(port, bodies, run.token, 3 * saturated, seconds)
+        else:
+            tally = await open_loop_grpc(port, bodies, run.token, 3 * saturated, seconds)
+    accepted = tally.statuses.get(200, 0) / seconds
+    return {
+        "saturated /s": saturated,
+        "offered /s": 3 * saturated,
+        "answered within 2 s %": tally.within / max(1, tally.sent) * 100,
+        "accepted /s": accepted,
+        "accepted vs saturated %": accepted / saturated * 100 if saturated else float("nan"),
+        "503/UNAVAILABLE": tally.statuses.get(503, 0),
+        "failed or timed out": tally.statuses.get(0, 0),
+        "OK p99 ms": percentile(tally.ok_latencies, 0.99) * 1000,
+        "answers p99 ms": percentile(tally.latencies, 0.99) * 1000,
+    }
+
+
+# ------------------------------------------------------------------------ stale tokens
+
+
+async def stale_bursts(laptops: int = 60) -> dict[str, float]:
+    """After a rotation, laptops retry with the retired token: half in bursts of 4 within
+    2 s (must be flagged), a quarter 3 spread over 1.5 s (must be), a quarter only 2 (must
+    not be). Recall and precision of stale_token, and the delay from the threshold-th
+    rejection to the flag being visible in `driftline drift`."""
+    with driftline_run(POLICY) as run:
+        run.cli("tokens", "rotate", "--tenant", "acme", "--grace", "0s")
+        await asyncio.sleep(1.5)
+        port = run.ports["http"]
+        plan: dict[str, list[float]] = {}
+        for i in range(laptops):
+            serial = f"C02STALE{i:04d}"
+            if i % 4 in (0, 1):
+                plan[serial] = [0.0, 0.4, 0.8, 1.6]
+            elif i % 4 == 2:
+                plan[serial] = [0.0, 0.75, 1.5]
+            else:
+                plan[serial] = [0.0, 1.0]
+        third_at: dict[str, float] = {}
+
+        async def laptop(serial: str, offsets: list[float], start: float) -> None:
+            body = metrics_export(Laptop(serial, "web", "2.0.14"), time.time_ns())
+            connection = HttpConnection(port)
+            for n, offset in enumerate(offsets):
+                await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+                status = await connection.post(http_head(len(body), run.token), body, 10)
+                assert status == 401, status
+                if n == 2:
+                    third_at[f"acme/{serial}"] = time.monotonic()
+            await connection.close()
+
+        start = time.monotonic() + 0.5
+        await asyncio.gather(
+            *(
+                laptop(serial, offsets, start + i * 0.05)
+                for i, (serial, offsets) in enumerate(plan.items())
+            )
+        )
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            rows = json.loads(
+                run.cli("drift", "--tenant", "acme", "--kind", "stale_token", "--json")
+            )
+            now = time.monotonic()
+            for row in rows:
+                seen.setdefault(row["endpoint_id"], now)
+            if len(seen) >= len(third_at):
+                break
+            await asyncio.sleep(0.25)
+    positives = set(third_at)
+    flagged = set(seen)
+    delays = [seen[e] - third_at[e] for e in positives & flagged]
+    return {
+        "laptops": laptops,
+        "should flag": len(positives),
+        "recall": len(positives & flagged) / len(positives),
+        "precision": len(positives & flagged) / len(flagged) if flagged else float("nan"),
+        "flag after 3rd, p50 s": percentile(delays, 0.5),
+        "flag after 3rd, max s": max(delays) if delays else float("nan"),
+    }
+
+
+def _table(title: str, rows: dict[str, float], targets: dict[str, str] | None = None) -> None:
+    console.print(f"\n[bold]{title}[/bold]")
+    table = Table()
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target")
+    for name, value in rows.items():
+        text = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        table.add_row(name, text, (targets or {}).get(name, ""))
+    console.print(table)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    console.print("[bold]bench-hostile[/bold]: `driftline run` on this machine, Python clients")
+    if "bombs" in args.only:
+        with driftline_run() as run:
+            _table(
+                "valid exports (10/s HTTP + 10/s gRPC) while 8 clients send"
+                f" 3.7 MiB attribution bombs, {args.seconds:g} s",
+                await bombs(run, args.seconds),
+                {"http p99 ms": "< 250", "grpc p99 ms": "< 250"},
+            )
+    if "memory" in args.only:
+        with driftline_run() as run:
+            targets = {"growth MiB": "< 300", "after vs baseline %": "within 10"}
+            _table(
+                "200 unauthenticated connections holding half-sent 19 MiB bodies",
+                half_sent(run, None),
+                targets,
+            )
+            _table(
+                "200 authenticated connections holding half-sent 19 MiB bodies (memory budget)",
+                half_sent(run, run.token),
+                targets,
+            )
+    if "overload" in args.only:
+        for protocol in ("http", "grpc"):
+            _table(
+                f"{protocol}: 3x the saturated rate for {args.seconds:g} s (open loop)",
+                await overload(protocol, args.seconds),
+                {"answered within 2 s %": ">= 99", "accepted vs saturated %": ">= 80"},
+            )
+    if "stale" in args.only:
+        _table(
+            "stale_token on bursts (threshold 3, window 10m)",
+            await stale_bursts(),
+            {"recall": "1.0"},
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load phase")
+    parser.add_argument(
+        "--only", nargs="*", default=["bombs", "memory", "overload", "stale"],
+        choices=["bombs", "memory", "overload", "stale"],
+    )  # fmt: skip
+    uvloop.run(amain(parser.parse_args()))  # the clients' CPU is the machine's too
+
+
+if __name__ == "__main__":
+    main()
