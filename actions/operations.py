@@ -34,7 +34,7 @@ from actions.service import (
 )
 from bus import Bus, Record
 from bus.aio import wait_at_most
-from schemas import topics
+from schemas import check_tenant_id, topics
 from schemas.durations import parse_duration
 from schemas.messages import aware
 from schemas.policy import TenantPolicy
@@ -303,6 +303,8 @@ async def run_operation(ctx: Context, name: str, args: dict[str, Any]) -> Any:
     operation = OPERATIONS.get(name)
     if operation is None:
         raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS)}")
+    if args.get("tenant") is not None:  # None: all tenants, where an operation allows it
+        check_tenant_id(args["tenant"])
     return await operation(ctx, args)
 
 

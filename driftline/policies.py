@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from bus import KafkaBus, KafkaOptions, Record
-from schemas import topics
+from schemas import check_tenant_id, topics
 from schemas.policy import TenantPolicy
 
 
@@ -21,7 +20,7 @@ class PolicyDirectory:
         self.root = root
 
     def _path(self, tenant: str) -> Path:
-        return self.root / f"{quote(tenant, safe='')}.json"
+        return self.root / f"{check_tenant_id(tenant)}.json"  # no separator: path-safe
 
     def get(self, tenant: str) -> TenantPolicy | None:
         path = self._path(tenant)

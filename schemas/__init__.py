@@ -1,7 +1,13 @@
 """Contracts between the stages: messages, topic names, identity rules. No I/O here."""
 
 from schemas import topics
-from schemas.identity import DEFAULT_IDENTITY_ATTRIBUTES, endpoint_id
+from schemas.identity import (
+    DEFAULT_IDENTITY_ATTRIBUTES,
+    TenantIdError,
+    check_tenant_id,
+    endpoint_id,
+    split_endpoint_id,
+)
 from schemas.messages import (
     AuthEvent,
     AuthReason,
@@ -23,6 +29,9 @@ __all__ = [
     "FlagState",
     "Message",
     "Signal",
+    "TenantIdError",
+    "check_tenant_id",
     "endpoint_id",
+    "split_endpoint_id",
     "topics",
 ]

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from schemas.durations import parse_duration
-from schemas.identity import TEAM_ID
+from schemas.identity import TEAM_ID, check_tenant_id
 from schemas.messages import Message, Timestamp
 
 DEFAULT_REQUIRED_ATTRIBUTES: tuple[str, ...] = (TEAM_ID,)
@@ -131,6 +131,11 @@ class TenantPolicy(Message):
     managed_settings: dict[str, Any] = Field(default_factory=dict)
     """Claude Code managed settings (``env``, ``permissions``, MCP allowlists, ...): what
     ``driftline policy push`` renders into the tenant's MDM profile. Detection ignores it."""
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_id(cls, tenant: str) -> str:
+        return check_tenant_id(tenant)
 
     @field_validator("managed_settings")
     @classmethod

@@ -39,11 +39,14 @@ class Run:
         return output
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run(
+        return self.attempt(*args, check=True).stdout
+
+    def attempt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """A CLI command over this data directory, its rc and output, failing or not."""
+        return subprocess.run(
             [sys.executable, "-m", "driftline.cli", *args, "--data", str(self.data)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=check, timeout=120,
         )  # fmt: skip
-        return result.stdout
 
     def drift(self) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = json.loads(self.cli("drift", "--tenant", "acme", "--json"))
