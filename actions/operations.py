@@ -48,7 +48,7 @@ from schemas.remediation import (
     ReasonSource,
     Vendor,
 )
-from store import BatchWriter, query_dicts
+from store import BatchWriter, queries, query_dicts
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,9 @@ async def _force_sync_after_push(
 async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Force-synced devices: pending, remediated (with time to remediate) or stuck."""
     stuck_after = parse_duration(str(args.get("stuck_after") or "24h"))
+    tenant = args.get("tenant")
+    if tenant is not None and not await asyncio.to_thread(queries.tenant_seen, ctx.store, tenant):
+        raise ValueError(f"nothing stored for tenant {tenant!r}: an unknown tenant, or no data yet")
     rows = await asyncio.to_thread(
         query_dicts,
         ctx.store,

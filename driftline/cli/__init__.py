@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        rc = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return rc
     except (NotFound, Unreachable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

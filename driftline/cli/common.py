@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -85,8 +87,16 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], wide: int = WIDE
 
 
 def cell(value: Any) -> str:
-    """One line per row: newlines and tabs in a detail would break the table."""
-    return "" if value is None else " ".join(str(value).split())
+    """One line per row (newlines in a detail would break the table); times to the second."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] in " T":
+        with contextlib.suppress(ValueError):  # a time that came through the admin API as text
+            value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC) if value.tzinfo else value  # the store's times are UTC
+        return str(utc.strftime("%Y-%m-%d %H:%M:%SZ"))
+    return " ".join(str(value).split())
 
 
 def _tenant_scope(args: argparse.Namespace) -> str | None:
@@ -135,12 +145,13 @@ def _query_store(
         client.close()
 
 
-def store_dsn(data: Path, clickhouse: str | None) -> str:
-    """The store to open in this process; a chDB path only when no other process holds it."""
+def store_dsn(data: Path, clickhouse: str | None, *, create: bool = False) -> str:
+    """The store to open in this process; a chDB path only when no other process holds it.
+    Only commands that write (``create``) may start a store that is not there yet."""
     if clickhouse is not None:
         return clickhouse
     location = datadir.store_path(data)
-    if not location.is_dir():
+    if not create and not location.is_dir():
         raise NoData(
             f"no store at {location.absolute()}: nothing received yet (`driftline run` makes "
             "it); on the Kafka deployment pass --clickhouse URL, the server the sink writes"
@@ -249,6 +260,10 @@ def _error_of(error: Any) -> str:
         return str(error.reason)
 
 
+# operations that store what they learn (the others only read)
+WRITING_OPERATIONS = frozenset({"actions-run", "mdm-import", "mdm-pull", "policy-push"})
+
+
 def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     """Run a store-backed operation here, or in the `driftline run` that holds the store."""
     import asyncio
@@ -262,7 +277,7 @@ def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
             answer = call_api(info, data, "POST", f"/api/operations/{name}", params)
             if answer is not _GONE:
                 return answer
-    dsn = store_dsn(data, clickhouse)
+    dsn = store_dsn(data, clickhouse, create=name in WRITING_OPERATIONS)
     settings = settings_of(args)
     from driftline import actions_runner
 

@@ -41,8 +41,12 @@ def _remediation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
+    from schemas.durations import format_duration
+
+    for row in rows:
+        row["time_to_remediate"] = format_duration(row.get("time_to_remediate_s"))
     columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
-    print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
+    print_table(rows, [*columns, "remediated_at", "time_to_remediate"])
     return 0
 
 

@@ -15,7 +15,7 @@ from driftline.cli.common import (
     tenant_arg,
     utc,
 )
-from driftline.errors import NoData
+from driftline.errors import NoData, NotFound
 
 
 def _token_store(args: argparse.Namespace) -> Any:
@@ -83,7 +83,10 @@ def _cmd_tokens_list(args: argparse.Namespace) -> int:
     now = time.time()
     _require_registry(settings_of(args).token_registry)
     rows = [("TOKEN ID", "TENANT", "STATE", "CREATED", "GRACE ENDS", "REVOKED")]
-    for r in _token_store(args).records(args.tenant):
+    records = _token_store(args).records(args.tenant)
+    if args.tenant is not None and not records:
+        raise NotFound(f"no tokens for tenant {args.tenant!r}: an unknown tenant")
+    for r in records:
         state = r.state(now)
         rows.append(
             (

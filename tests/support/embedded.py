@@ -29,7 +29,8 @@ class Run:
              "--admin-port", str(self.ports["admin"]), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-        wait_ready(self.ports["admin"], self.process, timeout=60)
+        host = flags[flags.index("--host") + 1] if "--host" in flags else "127.0.0.1"
+        wait_ready(self.ports["admin"], self.process, timeout=60, host=host)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
         assert self.process is not None
