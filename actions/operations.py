@@ -3,7 +3,7 @@
 Each operation takes a ``Context`` (a store client, a batch writer, settings, where audit rows
 go) and JSON-able arguments, and returns JSON-able results. The CLI runs it in its own process
 against ``--data``/``--clickhouse``, or, when a ``driftline run`` holds the embedded store, asks
-that process to run it (``POST /api/operations/NAME`` on the admin port, localhost only). Same
+that process to run it (``POST /api/operations/NAME`` on the admin port, with the admin token). Same
 code, same results, whichever process owns the store.
 """
 
