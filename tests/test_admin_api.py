@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,3 +195,38 @@ def test_data_files_are_owner_only(run: Run) -> None:
     assert loose == []
     assert stat.S_IMODE((run.data / "admin.token").stat().st_mode) == 0o600
     assert stat.S_IMODE(run.data.stat().st_mode) == 0o700
+
+
+def test_another_os_user_can_neither_query_nor_take_the_token(tmp_path: Path) -> None:
+    """The report's `nobody` ran `driftline drift --all-tenants` and got every tenant's drift."""
+    python = Path("/usr/bin/python3.11")  # the venv's interpreter may live under /root
+    if os.geteuid() != 0 or not python.exists() or not Path("/usr/bin/setpriv").exists():
+        if os.environ.get("CI"):
+            pytest.fail("needs root, setpriv and /usr/bin/python3.11 to act as another user")
+        pytest.skip("needs root, setpriv and /usr/bin/python3.11 to act as another user")
+    parent = Path(tempfile.mkdtemp(prefix="driftline-other-user-"))
+    parent.chmod(0o755)  # reachable by anyone: only the data directory's own mode protects it
+    run = Run(parent / "data")
+    try:
+        token = TokenStore(run.data / "tokens.db").create("acme")[1]
+        run.start()
+        assert export_metrics("http", run.ports["http"], token, claude_resource("U", None), "2.0.3")
+        repo = Path(__file__).resolve().parents[1]
+        site = next((repo / ".venv" / "lib").glob("python3.11/site-packages"))
+        as_nobody = (
+            "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "from driftline.cli import main\n"
+            "sys.exit(main(['drift', '--all-tenants', '--json', '--data', sys.argv[3]]))\n"
+        )
+        result = subprocess.run(
+            ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             str(python), "-c", as_nobody, str(repo), str(site), str(run.data)],
+            capture_output=True, text=True, timeout=60, cwd=parent,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert "permission denied" in result.stderr and "acme/U" not in result.stdout
+        assert result.stdout == ""
+    finally:
+        if run.process is not None:
+            run.stop(signal.SIGKILL)
+        shutil.rmtree(parent)

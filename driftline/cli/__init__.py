@@ -46,6 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NotFound, Unreachable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except PermissionError as error:  # most often another user's (owner-only) data directory
+        where = error.filename or error.strerror
+        print(
+            f"error: permission denied: {where} (data is readable by its owner only)",
+            file=sys.stderr,
+        )
+        return 1
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
