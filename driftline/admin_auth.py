@@ -155,14 +155,15 @@ def refusal(
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
-def guard(expected_token: str, hosts: Iterable[str]) -> Middleware:
+def guard(expected_token: str, allowed_hosts: Iterable[str]) -> Middleware:
     """aiohttp middleware enforcing ``refusal`` on ``/api/`` (other paths pass untouched).
 
-    ``hosts`` are the Host values to accept, ``host:port`` (see ``allowed_hosts``).
+    ``allowed_hosts`` are the Host values to accept, ``host:port`` (the function
+    ``allowed_hosts`` makes them for a bound address and port).
     """
     from aiohttp import web
 
-    allowed = frozenset(h.lower() for h in hosts)
+    allowed = frozenset(h.lower() for h in allowed_hosts)
 
     @web.middleware
     async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
