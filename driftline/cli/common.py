@@ -167,6 +167,8 @@ def store_dsn(data: Path, clickhouse: str | None, *, create: bool = False) -> st
 
 
 def open_store(data: Path, clickhouse: str | None) -> Any:
+    """A client for reading. An embedded store is brought to the current schema; a server is
+    left to the sink, which owns its schema (a query never writes DDL to production)."""
     import store
 
     dsn = store_dsn(data, clickhouse)
@@ -174,6 +176,8 @@ def open_store(data: Path, clickhouse: str | None) -> Any:
         client = store.connect(dsn)
     except Exception as error:  # a server that is down, wrong credentials, a chDB refusal
         raise Unreachable(f"cannot open the store {_safe(dsn)}: {_first_line(error)}") from None
+    if not dsn.startswith("chdb://"):
+        return client
     try:
         store.migrate(client)
     except Exception as error:
