@@ -145,3 +145,13 @@ async def test_operations_refuse_a_hostile_tenant_before_running() -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def test_a_policy_file_of_an_invalid_tenant_from_an_older_version_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = PolicyDirectory(tmp_path / "policies")
+    directory.put(TenantPolicy(tenant="acme"))
+    (tmp_path / "policies" / "a%2Fb.json").write_text('{"tenant": "a/b"}')
+    assert [p.tenant for p in directory.all()] == ["acme"]
+    assert "a%2Fb.json not applied" in caplog.text
