@@ -159,8 +159,13 @@ class TenantPolicy(Message):
 
     @classmethod
     def default(cls, tenant: str) -> Self:
-        """The policy of a tenant that never published one: only ``team.id`` is required."""
-        return cls(tenant=tenant)
+        """The policy of a tenant that never published one: only ``team.id`` is required.
+
+        Built without validation: events of a tenant id from before ids were validated (still
+        on a Kafka topic, say) are judged by the default instead of stopping a worker. Only
+        validated policies are ever stored or published, since nothing writes this one as is.
+        """
+        return cls.model_construct(tenant=tenant)
 
     def minimum_version(self, service_name: str) -> str | None:
         tool = self.tools.get(service_name)

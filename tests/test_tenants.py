@@ -155,3 +155,15 @@ def test_a_policy_file_of_an_invalid_tenant_from_an_older_version_is_skipped(
     (tmp_path / "policies" / "a%2Fb.json").write_text('{"tenant": "a/b"}')
     assert [p.tenant for p in directory.all()] == ["acme"]
     assert "a%2Fb.json not applied" in caplog.text
+
+
+def test_an_event_of_a_tenant_from_before_validation_does_not_stop_the_detectors() -> None:
+    """Old messages on a topic may still carry such a tenant: judged by the default policy."""
+    from processors.engine import DriftEngine
+    from tests.support.drift import outdated_laptop
+
+    snapshot, _ = outdated_laptop("S1", _now(), tenant="acme")
+    legacy = snapshot.model_copy(update={"tenant_id": "t/x", "endpoint_id": "t/x/S1"})
+    engine = DriftEngine()
+    assert engine.on_event(legacy) == []  # no policy: nothing outdated, team.id present
+    assert engine.policy("t/x").required_attributes == ("team.id",)
