@@ -236,7 +236,9 @@ def call_api(info: dict[str, Any], data: Path, method: str, path: str, body: Any
         f"{base}{path}", data=payload, headers=headers, method=method
     )
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
+        # a query answers in well under a second; an operation may wait on MDM rate limits
+        timeout = 60 if method == "GET" else 600
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         message = _error_of(error)
