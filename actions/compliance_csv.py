@@ -13,6 +13,7 @@ import io
 from collections.abc import Mapping
 from datetime import datetime
 
+from schemas.identity import check_tenant_id
 from schemas.messages import aware
 from schemas.remediation import ComplianceRecord, ComplianceStatus, Vendor
 
@@ -57,6 +58,7 @@ class CsvImportError(ValueError):
 def parse(
     text: str, tenant_id: str, vendor: Vendor, imported_at: datetime
 ) -> list[ComplianceRecord]:
+    check_tenant_id(tenant_id)
     reader = csv.DictReader(io.StringIO(text))
     header = {name.strip().casefold(): name for name in reader.fieldnames or []}
     found = {field: _column(header, names) for field, names in COLUMNS.items()}

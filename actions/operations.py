@@ -3,7 +3,7 @@
 Each operation takes a ``Context`` (a store client, a batch writer, settings, where audit rows
 go) and JSON-able arguments, and returns JSON-able results. The CLI runs it in its own process
 against ``--data``/``--clickhouse``, or, when a ``driftline run`` holds the embedded store, asks
-that process to run it (``POST /api/operations/NAME`` on the admin port, localhost only). Same
+that process to run it (``POST /api/operations/NAME`` on the admin port, with the admin token). Same
 code, same results, whichever process owns the store.
 """
 
@@ -34,7 +34,7 @@ from actions.service import (
 )
 from bus import Bus, Record
 from bus.aio import wait_at_most
-from schemas import topics
+from schemas import check_tenant_id, topics
 from schemas.durations import parse_duration
 from schemas.messages import aware
 from schemas.policy import TenantPolicy
@@ -48,7 +48,7 @@ from schemas.remediation import (
     ReasonSource,
     Vendor,
 )
-from store import BatchWriter, query_dicts
+from store import BatchWriter, queries, query_dicts
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,9 @@ async def _force_sync_after_push(
 async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Force-synced devices: pending, remediated (with time to remediate) or stuck."""
     stuck_after = parse_duration(str(args.get("stuck_after") or "24h"))
+    tenant = args.get("tenant")
+    if tenant is not None and not await asyncio.to_thread(queries.tenant_seen, ctx.store, tenant):
+        raise ValueError(f"nothing stored for tenant {tenant!r}: an unknown tenant, or no data yet")
     rows = await asyncio.to_thread(
         query_dicts,
         ctx.store,
@@ -303,6 +306,8 @@ async def run_operation(ctx: Context, name: str, args: dict[str, Any]) -> Any:
     operation = OPERATIONS.get(name)
     if operation is None:
         raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS)}")
+    if args.get("tenant") is not None:  # None: all tenants, where an operation allows it
+        check_tenant_id(args["tenant"])
     return await operation(ctx, args)
 
 

@@ -25,6 +25,7 @@ from actions import planner, profiles
 from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, MdmError
+from schemas.identity import check_tenant_id
 from schemas.messages import DriftFlag, FlagKind, FlagState, aware
 from schemas.policy import TenantPolicy
 from schemas.remediation import (
@@ -350,7 +351,8 @@ def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path
     payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings)
     digest = profiles.digest(payload)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{policy.tenant}-{digest[:12]}.mobileconfig"
+    # a validated tenant id holds no separator, so the file stays inside out_dir
+    path = out_dir / f"{check_tenant_id(policy.tenant)}-{digest[:12]}.mobileconfig"
     path.write_bytes(payload)
     return payload, digest, path
 

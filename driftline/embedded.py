@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +23,9 @@ import store
 from actions import operations
 from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
+from driftline import admin_auth, answers, datadir
+from driftline.datadir import dead_letter_path, run_file, store_path
+from driftline.errors import NotFound
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -32,23 +34,8 @@ from ingest.receiver import Receiver
 from processors.engine import DriftEngine
 from processors.recovery import load_states
 from schemas import AuthEvent, DriftFlag, EndpointSnapshot, topics
-from store import queries
 
 log = logging.getLogger(__name__)
-
-
-def store_path(data: Path) -> Path:
-    return data / "clickhouse"
-
-
-def dead_letter_path(data: Path) -> Path:
-    """Rows ClickHouse refused for their values, one JSON object a line (see BatchWriter)."""
-    return data / "dead-letter.jsonl"
-
-
-def run_file(data: Path) -> Path:
-    """Where a running `driftline run` says how to reach it (it holds the chdb lock)."""
-    return data / "run.json"
 
 
 class Pipeline:
@@ -118,47 +105,31 @@ async def _watch_policies(pipeline: Pipeline, directory: PolicyDirectory) -> Non
                 log.error("policy not applied: %s", error)
 
 
-_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+def query_routes(client: Any, known: Callable[[str], bool]) -> list[web.RouteDef]:
+    """Read-only query API for `driftline drift/endpoint` while this process holds the store.
 
+    No ``tenant`` means all tenants; the CLI sends none only for ``--all-tenants``, and only
+    the admin token's holder gets here at all."""
 
-def from_this_machine(remote: str | None) -> bool:
-    """Whether a peer address is this machine (IPv4 loopback, ``::1``, or IPv4-mapped)."""
-    try:
-        address = ipaddress.ip_address(remote or "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback or address in _LOOPBACK
-
-
-@web.middleware
-async def local_api_only(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The admin port may face the network (``--host 0.0.0.0`` for /metrics), but its /api/
-    answers tenants' drift and can fire MDM actions: only this machine's CLI may call it."""
-    if request.path.startswith("/api/") and not from_this_machine(request.remote):
-        return web.json_response(
-            {"error": "the /api/ endpoints answer local callers only"}, status=403
-        )
-    response: web.StreamResponse = await handler(request)
-    return response
-
-
-def query_routes(client: Any) -> list[web.RouteDef]:
-    """Read-only query API for `driftline drift/endpoint` while this process holds the store."""
+    async def answer(question: Callable[..., Any], *args: Any) -> web.Response:
+        try:
+            result = await asyncio.to_thread(question, client, known, *args)
+        except NotFound as error:
+            return web.json_response({"error": str(error)}, status=404)
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+        return web.json_response(result, dumps=_dumps)
 
     async def drift(request: web.Request) -> web.Response:
         q = request.query
-        rows = await asyncio.to_thread(
-            queries.drift, client, q.get("tenant"), q.get("kind"), q.get("team"), q.get("service")
+        return await answer(
+            answers.drift, q.get("tenant"), q.get("kind"), q.get("team"), q.get("service")
         )
-        return web.json_response(rows, dumps=_dumps)
 
     async def endpoint(request: web.Request) -> web.Response:
-        history = await asyncio.to_thread(
-            queries.endpoint_history, client, request.query.get("tenant"), request.query["id"]
-        )
-        return web.json_response(history, dumps=_dumps)
+        if "id" not in request.query:
+            return web.json_response({"error": "name the endpoint: ?id=…"}, status=400)
+        return await answer(answers.endpoint, request.query.get("tenant"), request.query["id"])
 
     return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
 
@@ -168,9 +139,10 @@ def operation_routes(ctx: operations.Context) -> list[web.RouteDef]:
 
     async def operate(request: web.Request) -> web.Response:
         try:
-            result = await operations.run_operation(
-                ctx, request.match_info["name"], await request.json()
-            )
+            args = await request.json()
+            if not isinstance(args, dict):
+                raise ValueError("the body must be a JSON object")
+            result = await operations.run_operation(ctx, request.match_info["name"], args)
         except ValueError as error:
             return web.json_response({"error": str(error)}, status=400)
         return web.json_response(result, dumps=_dumps)
@@ -184,6 +156,7 @@ def _dumps(value: Any) -> str:
 
 async def run(settings: Settings) -> None:
     data = settings.data
+    admin_token = admin_auth.load_or_create(data)  # also makes the data directory 0700
     client = store.connect(f"chdb://{store_path(data).resolve()}")
     applied = store.migrate(client)
     if applied:
@@ -203,8 +176,11 @@ async def run(settings: Settings) -> None:
     receiver = Receiver(service, receiver_options(settings, reuse_port=False))
     await receiver.start()
     app = admin.build_app(service.ready)
-    app.middlewares.append(local_api_only)
-    app.add_routes(query_routes(client))
+    app.middlewares.append(
+        admin_auth.guard(admin_token, admin_auth.allowed_hosts(settings.host, settings.admin_port))
+    )
+    known = answers.registry_tenants(data, settings.token_registry, settings.integrations_file)
+    app.add_routes(query_routes(client, known))
     ctx = operations.Context(
         store=client,
         writer=writer,
@@ -223,8 +199,9 @@ async def run(settings: Settings) -> None:
     bus.subscribe(on_flag)
     remediation = asyncio.create_task(operations.remediate_forever(ctx, settings.schedule(), wake))
     admin_runner = await start_admin(settings, app)
-    run_file(data).write_text(
-        json.dumps({"pid": os.getpid(), "admin": f"http://{settings.host}:{settings.admin_port}"})
+    address = admin_auth.host_header(admin_auth.client_address(settings.host), settings.admin_port)
+    datadir.write_private(
+        run_file(data), json.dumps({"pid": os.getpid(), "admin": f"http://{address}"})
     )
     try:
         await until_signalled()

@@ -7,13 +7,15 @@ picks changes up within a second, and Kafka-mode processors read `driftline.poli
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
 from bus import KafkaBus, KafkaOptions, Record
-from schemas import topics
+from schemas import check_tenant_id, topics
 from schemas.policy import TenantPolicy
+
+log = logging.getLogger(__name__)
 
 
 class PolicyDirectory:
@@ -21,16 +23,25 @@ class PolicyDirectory:
         self.root = root
 
     def _path(self, tenant: str) -> Path:
-        return self.root / f"{quote(tenant, safe='')}.json"
+        return self.root / f"{check_tenant_id(tenant)}.json"  # no separator: path-safe
 
     def get(self, tenant: str) -> TenantPolicy | None:
         path = self._path(tenant)
         return TenantPolicy.from_json(path.read_bytes()) if path.exists() else None
 
     def all(self) -> list[TenantPolicy]:
+        """Every valid policy. A file an older version wrote for a tenant id that is no longer
+        valid (``a%2Fb.json``) is skipped and logged: it must not stop the pipeline, and no
+        token of such a tenant authenticates anyway."""
         if not self.root.exists():
             return []
-        return [TenantPolicy.from_json(p.read_bytes()) for p in sorted(self.root.glob("*.json"))]
+        policies = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                policies.append(TenantPolicy.from_json(path.read_bytes()))
+            except ValueError as error:
+                log.error("policy file %s not applied: %s", path, str(error).splitlines()[0])
+        return policies
 
     def stamp(self) -> tuple[tuple[str, int], ...]:
         """Changes when any policy file does; cheap enough to poll every second."""

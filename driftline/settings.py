@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     data: Path = Path(".driftline")
     bus: Literal["memory", "kafka"] = "memory"
     bootstrap: str = "127.0.0.1:9092"
+    # a ClickHouse server (http(s)://…): the sink writes it, query commands read it
+    clickhouse: str | None = None
 
     # receiver
     host: str = "127.0.0.1"

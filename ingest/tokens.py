@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -21,7 +22,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from schemas import AuthReason
+from schemas import AuthReason, check_tenant_id
+from schemas.identity import is_tenant_id
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "dlt"
 # dlt_<8 hex token id>_<43 url-safe chars>: the id is not secret and names the token in lists,
@@ -140,8 +144,7 @@ class TokenStore:
 
     def create(self, tenant_id: str) -> tuple[str, str]:
         """Issue a token for a tenant; returns (token_id, token)."""
-        if not tenant_id or not tenant_id.strip():
-            raise ValueError("tenant id must not be empty")
+        check_tenant_id(tenant_id)
         token_id, token = new_token()
         with self._connect() as db:
             db.execute(
@@ -154,6 +157,7 @@ class TokenStore:
         self, tenant_id: str, grace: timedelta, remember: timedelta
     ) -> tuple[str, str, Rotation]:
         """Issue a new token; the tenant's current ones keep working until the grace ends."""
+        check_tenant_id(tenant_id)
         now = self._clock()
         grace_ends = now + grace.total_seconds()
         token_id, token = new_token()
@@ -203,6 +207,14 @@ class TokenStore:
             return [Rotation(*row) for row in rows]
 
 
+def registered_tenants(path: Path) -> set[str]:
+    """Tenants with a token in the registry, read-only (a missing file is created by no one)."""
+    if not path.exists():
+        return set()
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT tenant_id FROM tokens")}
+
+
 class Authenticator:
     """The receivers' view of the registry: an in-memory hash index, refreshed on change."""
 
@@ -237,7 +249,17 @@ class Authenticator:
             return
         self._version = version
         rows = self._db.execute("SELECT * FROM tokens").fetchall()
-        self._by_hash = {record.sha256: record for record in (TokenRecord(*r) for r in rows)}
+        records = [TokenRecord(*r) for r in rows]
+        # A registry written before tenant ids were validated may name a tenant like "t/x",
+        # whose endpoint ids could collide with another tenant's: such tokens authenticate
+        # nobody (their requests are "unknown"), and the log says which ones.
+        invalid = sorted({r.token_id for r in records if not is_tenant_id(r.tenant_id)})
+        if invalid:
+            log.error(
+                "tokens %s name an invalid tenant id and are refused; issue new ones",
+                ", ".join(invalid),
+            )
+        self._by_hash = {r.sha256: r for r in records if is_tenant_id(r.tenant_id)}
 
     def authenticate_all(self, authorizations: Sequence[str]) -> Granted | Denied:
         """Every Authorization value a request carried: more than one is refused, whatever

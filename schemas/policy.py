@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from schemas.durations import parse_duration
-from schemas.identity import TEAM_ID
+from schemas.identity import TEAM_ID, check_tenant_id
 from schemas.messages import Message, Timestamp
 
 DEFAULT_REQUIRED_ATTRIBUTES: tuple[str, ...] = (TEAM_ID,)
@@ -132,6 +132,11 @@ class TenantPolicy(Message):
     """Claude Code managed settings (``env``, ``permissions``, MCP allowlists, ...): what
     ``driftline policy push`` renders into the tenant's MDM profile. Detection ignores it."""
 
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_id(cls, tenant: str) -> str:
+        return check_tenant_id(tenant)
+
     @field_validator("managed_settings")
     @classmethod
     def _plist_values(cls, settings: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +159,13 @@ class TenantPolicy(Message):
 
     @classmethod
     def default(cls, tenant: str) -> Self:
-        """The policy of a tenant that never published one: only ``team.id`` is required."""
-        return cls(tenant=tenant)
+        """The policy of a tenant that never published one: only ``team.id`` is required.
+
+        Built without validation: events of a tenant id from before ids were validated (still
+        on a Kafka topic, say) are judged by the default instead of stopping a worker. Only
+        validated policies are ever stored or published, since nothing writes this one as is.
+        """
+        return cls.model_construct(tenant=tenant)
 
     def minimum_version(self, service_name: str) -> str | None:
         tool = self.tools.get(service_name)

@@ -96,3 +96,45 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
         parameters,
     )
     return {"endpoint_id": endpoint_id, "states": states, "flags": flags, "rejections": rejections}
+
+
+# tables that name a tenant once it has sent anything or been acted on
+_TENANT_TABLES = (
+    "endpoint_states",
+    "auth_events",
+    "drift_flags",
+    "compliance_records",
+    "remediation_audit",
+    "policy_changelog",
+)
+
+
+def tenant_seen(client: Client, tenant: str) -> bool:
+    """Whether the store holds any row of the tenant (so an empty answer about it is true)."""
+    sql = " UNION ALL ".join(
+        f"(SELECT 1 FROM {table} WHERE tenant_id = {{tenant:String}} LIMIT 1)"  # noqa: S608
+        for table in _TENANT_TABLES
+    )
+    rows = query_dicts(client, f"SELECT count() AS n FROM ({sql})", {"tenant": tenant})  # noqa: S608
+    return bool(rows[0]["n"])
+
+
+def find_endpoints(client: Client, tenant: str | None, given: str) -> list[str]:
+    """Endpoint ids matching ``given``: the id itself, or its identity part (a bare serial).
+
+    An endpoint id is ``tenant/identity`` and a tenant id has no ``/``, so the identity is
+    everything after the first ``/``.
+    """
+    match = (
+        "({tenant:Nullable(String)} IS NULL OR tenant_id = {tenant:Nullable(String)}) AND "
+        "(endpoint_id = {given:String} OR "
+        "substring(endpoint_id, position(endpoint_id, '/') + 1) = {given:String})"
+    )
+    rows = query_dicts(
+        client,
+        f"SELECT DISTINCT endpoint_id FROM (SELECT endpoint_id FROM endpoint_states WHERE {match} "  # noqa: S608
+        f"UNION ALL SELECT endpoint_id FROM auth_events WHERE endpoint_id != '' AND {match}) "
+        "ORDER BY endpoint_id",
+        {"tenant": tenant, "given": given},
+    )
+    return [row["endpoint_id"] for row in rows]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from driftline.embedded import from_this_machine
 from ingest.tokens import TokenStore
 from tests.support.embedded import Run, until
 from tests.support.otel import claude_resource, export_logs, export_metrics
@@ -51,7 +48,9 @@ def test_fleet_drift_is_flagged_and_resolved(run: Run) -> None:
     assert old["detail"] == "2.0.3 < minimum 2.0.10 for claude-code"
     assert old["team_id"] == "web" and old["app_version"] == "2.0.3"
     assert run.cli("drift", "--tenant", "acme", "--kind", "missing_policy").count("acme/") == 1
-    assert "acme/OLD" not in run.cli("drift", "--tenant", "other")  # tenants are isolated
+    other = run.attempt("drift", "--tenant", "other")  # tenants are isolated, and an unknown
+    assert other.returncode == 1 and "unknown tenant 'other'" in other.stderr  # one says so
+    assert "acme/OLD" not in other.stdout
 
     # a rotated token still used after its grace: three 401s → stale_token
     run.cli("tokens", "rotate", "--tenant", "acme", "--grace", "0s")
@@ -171,43 +170,3 @@ def test_two_tools_on_one_laptop_do_not_flap_across_a_restart(run: Run) -> None:
     assert [(f["kind"], f["state"]) for f in history["flags"]] == [("outdated_client", "raised")]
     assert export_metrics("http", port, token, claude, "2.0.12")  # the outdated tool is updated
     assert run.open_flags() == set()
-
-
-@pytest.mark.parametrize(
-    ("remote", "local"),
-    [
-        ("127.0.0.1", True),
-        ("127.8.0.1", True),
-        ("::1", True),
-        ("::ffff:127.0.0.1", True),
-        ("192.0.2.7", False),
-        ("::ffff:192.0.2.7", False),
-        ("fd00::2", False),
-        ("", False),
-        (None, False),
-    ],
-)
-def test_only_this_machine_counts_as_local(remote: str | None, local: bool) -> None:
-    assert from_this_machine(remote) is local
-
-
-def test_the_api_refuses_callers_from_the_network(run: Run) -> None:
-    """Serving the fleet means --host 0.0.0.0, and the admin port with it: /metrics stays
-    reachable, /api/ (tenants' drift, MDM actions) answers this machine only."""
-    try:  # the address this machine reaches the network from (a UDP connect sends nothing)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.123", 9))
-            address = probe.getsockname()[0]
-    except OSError:
-        if os.environ.get("CI"):  # like a missing Kafka: under CI, a test that cannot run fails
-            pytest.fail("no network interface on this machine to call the admin port from")
-        pytest.skip("no network interface on this machine to call from")
-    run.start("--host", "0.0.0.0")
-    admin = run.ports["admin"]
-    outside = f"http://{address}:{admin}"
-    assert httpx.get(f"{outside}/metrics").status_code == 200
-    refused = httpx.get(f"{outside}/api/drift", params={"tenant": "acme"})
-    assert refused.status_code == 403
-    refused = httpx.post(f"{outside}/api/operations/actions-run", json={"tenant": "acme"})
-    assert refused.status_code == 403
-    assert httpx.get(f"http://127.0.0.1:{admin}/api/drift", params={"tenant": "acme"}).is_success

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.identity import TENANT_ID_CHARSET, is_tenant_id
 from schemas.messages import Message
 from schemas.policy import (
     MAX_STALE_THRESHOLD,
@@ -287,7 +288,7 @@ def test_file_and_wire_agree(tmp_path: Path) -> None:
 
 policies = st.builds(
     TenantPolicy,
-    tenant=st.text(min_size=1, max_size=8),
+    tenant=st.from_regex(TENANT_ID_CHARSET, fullmatch=True).filter(is_tenant_id),
     version=st.integers(min_value=0, max_value=2**40),
     tools=st.dictionaries(
         st.text(min_size=1, max_size=8).filter(str.strip),

@@ -47,9 +47,16 @@ def test_a_bad_policy_file_names_the_field(tmp_path: Path) -> None:
 
 
 def test_show_without_a_policy_prints_the_default(tmp_path: Path) -> None:
+    assert driftline(tmp_path, "tokens", "create", "--tenant", "acme").returncode == 0
     result = driftline(tmp_path, "policy", "show", "--tenant", "nobody")
     assert json.loads(result.stdout)["required_attributes"] == ["team.id"]
     assert "default" in result.stderr
+
+
+def test_show_in_a_directory_without_data_is_an_error(tmp_path: Path) -> None:
+    result = driftline(tmp_path / "elsewhere", "policy", "show", "--tenant", "acme")
+    assert result.returncode != 0 and "no Driftline data at" in result.stderr
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.kafka

@@ -6,7 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, operate, print_table, settings_of
+from driftline import datadir
+from driftline.cli.common import (
+    add_setting_flags,
+    clickhouse_of,
+    operate,
+    print_table,
+    settings_of,
+    tenant_arg,
+)
 
 
 def _cmd_actions_run(args: argparse.Namespace) -> int:
@@ -43,18 +51,18 @@ def _cmd_actions_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from driftline.actions_runner import serve
-    from driftline.embedded import store_path
+    from driftline.datadir import store_path
 
     settings = settings_of(args)
-    dsn = args.clickhouse or f"chdb://{store_path(settings.data).resolve()}"
+    dsn = clickhouse_of(args) or f"chdb://{store_path(settings.data).resolve()}"
     uvloop.run(serve(settings, dsn, args.group, settle=args.settle))
     return 0
 
 
 def _cmd_actions_switch(args: argparse.Namespace) -> int:
-    switch = settings_of(args).data / "actions.disabled"
+    # a kill switch engaged in the wrong directory would stop nothing: the directory must exist
+    switch = datadir.require(datadir.data_of(args.data)) / "actions.disabled"
     if args.actions_command == "stop":
-        switch.parent.mkdir(parents=True, exist_ok=True)
         switch.write_text("remediation stopped by `driftline actions stop`\n")
         print(f"kill switch engaged ({switch}): no MDM action will be sent")
     else:
@@ -71,7 +79,7 @@ def add_commands(commands: Any) -> None:
     actions_run = action_commands.add_parser(
         "run", help="plan force-syncs for a tenant and audit them (dry-run unless --live)"
     )
-    actions_run.add_argument("--tenant", required=True)
+    actions_run.add_argument("--tenant", required=True, type=tenant_arg)
     actions_run.add_argument("--live", action="store_true", help="send to the MDMs")
     actions_run.add_argument("--max-devices", type=int, default=100, help="cap per run")
     actions_run.add_argument("--cooldown", default="1h", help="per-device quiet time")

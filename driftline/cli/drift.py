@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, operate, print_table, query
+from driftline.cli.common import add_setting_flags, operate, print_table, query, tenant_arg
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
@@ -41,8 +41,12 @@ def _remediation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
+    from schemas.durations import format_duration
+
+    for row in rows:
+        row["time_to_remediate"] = format_duration(row.get("time_to_remediate_s"))
     columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
-    print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
+    print_table(rows, [*columns, "remediated_at", "time_to_remediate"])
     return 0
 
 
@@ -67,12 +71,17 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     drift = commands.add_parser("drift", help="list open drift (one tenant, filters optional)")
     endpoint = commands.add_parser("endpoint", help="one endpoint's versions, attributes, flags")
-    endpoint.add_argument("endpoint_id", help="tenant/identity, e.g. acme/C02XYZ")
+    endpoint.add_argument(
+        "endpoint_id", help="tenant/identity, e.g. acme/C02XYZ, or the identity alone if unique"
+    )
     for sub in (drift, endpoint):
-        sub.add_argument("--tenant", default=None, help="the tenant to look at")
+        sub.add_argument("--tenant", default=None, type=tenant_arg, help="the tenant to look at")
         sub.add_argument("--all-tenants", action="store_true", help="administrators: no scoping")
         sub.add_argument(
-            "--clickhouse", default=None, help="DSN, e.g. https://user:pass@host:8443/db"
+            "--clickhouse",
+            default=None,
+            help="the ClickHouse server the sink writes (DRIFTLINE_CLICKHOUSE), "
+            "e.g. https://user:pass@host:8443/db",
         )
         sub.add_argument("--json", action="store_true", help="JSON for machines")
         add_setting_flags(sub, "--data")

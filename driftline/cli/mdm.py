@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, operate, print_table, settings_of
+from driftline import datadir
+from driftline.cli.common import add_setting_flags, operate, print_table, settings_of, tenant_arg
 from schemas.durations import parse_duration
 
 
@@ -20,8 +21,10 @@ def _integrations(args: argparse.Namespace) -> Any:
 
 def _cmd_mdm_connect(args: argparse.Namespace) -> int:
     from actions.mdm import Integration
+    from schemas.identity import check_tenant_id
     from schemas.remediation import Vendor
 
+    check_tenant_id(args.tenant)
     integration = _integrations(args).configure(
         Integration(
             tenant_id=args.tenant,
@@ -70,6 +73,7 @@ def _cmd_mdm_credentials_set(args: argparse.Namespace) -> int:
 def _cmd_mdm_credentials_status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    datadir.require(datadir.data_of(args.data))
     rows = [
         {
             "tenant_id": r.tenant_id,
@@ -125,7 +129,7 @@ def add_commands(commands: Any) -> None:
     connect = mdm_commands.add_parser(
         "connect", help="add or change a tenant's MDM integration (credentials kept)"
     )
-    connect.add_argument("--tenant", required=True)
+    connect.add_argument("--tenant", required=True, type=tenant_arg)
     connect.add_argument("--vendor", required=True, choices=vendors)
     connect.add_argument("--base-url", required=True, help="the MDM's API root")
     connect.add_argument("--token-url", default=None, help="Intune: the Entra token endpoint")
@@ -142,7 +146,7 @@ def add_commands(commands: Any) -> None:
     cred_set = credential_commands.add_parser(
         "set", help="install a credential (secret from --secret-file or stdin, never argv)"
     )
-    cred_set.add_argument("--tenant", required=True)
+    cred_set.add_argument("--tenant", required=True, type=tenant_arg)
     cred_set.add_argument("--vendor", required=True, choices=vendors)
     cred_set.add_argument("--client-id", default=None, help="Jamf/Intune OAuth client id")
     cred_set.add_argument("--secret-file", default=None, help="read the secret from this file")
@@ -156,10 +160,10 @@ def add_commands(commands: Any) -> None:
     mdm_import = mdm_commands.add_parser("import", help="import a compliance CSV export")
     mdm_import.add_argument("file", type=Path)
     mdm_import.add_argument("--vendor", required=True, choices=vendors)
-    mdm_import.add_argument("--tenant", required=True)
+    mdm_import.add_argument("--tenant", required=True, type=tenant_arg)
     mdm_import.set_defaults(func=_cmd_mdm_import)
     pull = mdm_commands.add_parser("pull", help="import compliance through each MDM's API")
-    pull.add_argument("--tenant", required=True)
+    pull.add_argument("--tenant", required=True, type=tenant_arg)
     pull.set_defaults(func=_cmd_mdm_pull)
     for sub in (connect, cred_set, cred_status, mdm_import, pull):
         add_setting_flags(sub, "--data")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from driftline import datadir
 from driftline.cli.common import (
     add_setting_flags,
     operate,
@@ -15,6 +16,7 @@ from driftline.cli.common import (
     print_table,
     publish_policy,
     settings_of,
+    tenant_arg,
     utc,
 )
 
@@ -42,7 +44,9 @@ def _cmd_policy_set(args: argparse.Namespace) -> int:
 def _cmd_policy_show(args: argparse.Namespace) -> int:
     from schemas.policy import TenantPolicy
 
-    policy = policies_of(settings_of(args)).get(args.tenant)
+    settings = settings_of(args)
+    datadir.require(settings.data)
+    policy = policies_of(settings).get(args.tenant)
     if policy is None:
         print(
             f"no policy published for tenant {args.tenant}; the default applies:", file=sys.stderr
@@ -73,12 +77,12 @@ def add_commands(commands: Any) -> None:
     policy_set.add_argument("file", type=Path)
     policy_set.set_defaults(func=_cmd_policy_set)
     policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
-    policy_show.add_argument("--tenant", required=True)
+    policy_show.add_argument("--tenant", required=True, type=tenant_arg)
     policy_show.set_defaults(func=_cmd_policy_show)
     push = policy_commands.add_parser(
         "push", help="render the tenant's managed settings into its MDM profiles and update them"
     )
-    push.add_argument("--tenant", required=True)
+    push.add_argument("--tenant", required=True, type=tenant_arg)
     push.add_argument("--live", action="store_true", help="update the profiles (else dry-run)")
     push.add_argument("--force-sync", action="store_true", help="then force-sync known devices")
     push.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from driftline.cli.common import SETTING_FLAGS, add_setting_flags, settings_of
+from driftline.cli.common import SETTING_FLAGS, add_setting_flags, clickhouse_of, settings_of
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -47,13 +47,13 @@ def _cmd_processors_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from driftline.embedded import dead_letter_path, store_path
+    from driftline.datadir import dead_letter_path, store_path
     from store.sink import SinkOptions, serve
 
     settings = settings_of(args)
     serve(
         settings.bootstrap,
-        args.clickhouse or f"chdb://{store_path(settings.data).resolve()}",
+        clickhouse_of(args) or f"chdb://{store_path(settings.data).resolve()}",
         SinkOptions(
             group_id=args.group,
             dead_letter=dead_letter_path(settings.data),
@@ -103,7 +103,7 @@ def add_commands(commands: Any) -> None:
     sink.add_argument(
         "--clickhouse",
         default=None,
-        help="DSN (default chdb://DATA/clickhouse; a server in production)",
+        help="DSN (DRIFTLINE_CLICKHOUSE; default chdb://DATA/clickhouse, a server in production)",
     )
     sink.add_argument("--group", default="driftline-sink", help="Kafka consumer group")
     sink.set_defaults(func=_cmd_sink)

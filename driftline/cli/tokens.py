@@ -6,14 +6,29 @@ import argparse
 import sys
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, policies_of, publish_policy, settings_of, utc
-from schemas.durations import parse_duration
+from driftline import datadir
+from driftline.cli.common import (
+    add_setting_flags,
+    policies_of,
+    publish_policy,
+    settings_of,
+    tenant_arg,
+    utc,
+)
+from driftline.errors import NoData, NotFound
 
 
 def _token_store(args: argparse.Namespace) -> Any:
     from ingest.tokens import TokenStore
 
     return TokenStore(settings_of(args).token_registry)
+
+
+def _require_registry(path: Any) -> None:
+    """Read commands find the registry or say it is not there; they never create one."""
+    if not path.exists():
+        datadir.require(path.parent)
+        raise NoData(f"no token registry at {path.absolute()} (use --data or --tokens)")
 
 
 def _cmd_tokens_create(args: argparse.Namespace) -> int:
@@ -25,6 +40,7 @@ def _cmd_tokens_create(args: argparse.Namespace) -> int:
 
 def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
     from ingest.tokens import format_time
+    from schemas.durations import parse_duration
 
     settings = settings_of(args)
     store = _token_store(args)
@@ -46,7 +62,10 @@ def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    from schemas.durations import parse_duration
+
     settings = settings_of(args)
+    _require_registry(settings.token_registry)
     try:
         record = _token_store(args).revoke(args.token_id, parse_duration(settings.token_memory))
     except KeyError as error:
@@ -62,8 +81,12 @@ def _cmd_tokens_list(args: argparse.Namespace) -> int:
     from ingest.tokens import format_time
 
     now = time.time()
+    _require_registry(settings_of(args).token_registry)
     rows = [("TOKEN ID", "TENANT", "STATE", "CREATED", "GRACE ENDS", "REVOKED")]
-    for r in _token_store(args).records(args.tenant):
+    records = _token_store(args).records(args.tenant)
+    if args.tenant is not None and not records:
+        raise NotFound(f"no tokens for tenant {args.tenant!r}: an unknown tenant")
+    for r in records:
         state = r.state(now)
         rows.append(
             (
@@ -89,19 +112,19 @@ def add_commands(commands: Any) -> None:
     create = token_commands.add_parser(
         "create", help="issue a token for a tenant (printed once, as the last line of stdout)"
     )
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, type=tenant_arg)
     create.set_defaults(func=_cmd_tokens_create)
     rotate = token_commands.add_parser(
         "rotate", help="issue a new token; the tenant's old tokens keep working for --grace"
     )
-    rotate.add_argument("--tenant", required=True)
+    rotate.add_argument("--tenant", required=True, type=tenant_arg)
     rotate.add_argument("--grace", default="24h", help="e.g. 10m, 12h (default 24h)")
     rotate.set_defaults(func=_cmd_tokens_rotate)
     revoke = token_commands.add_parser("revoke", help="stop accepting a token at once")
     revoke.add_argument("token_id", help="the token id shown by `tokens list`")
     revoke.set_defaults(func=_cmd_tokens_revoke)
     listing = token_commands.add_parser("list", help="list tokens and their states (never secrets)")
-    listing.add_argument("--tenant", default=None)
+    listing.add_argument("--tenant", default=None, type=tenant_arg)
     listing.set_defaults(func=_cmd_tokens_list)
     for sub in (create, rotate, revoke, listing):
         add_setting_flags(sub, "--data", "--tokens")

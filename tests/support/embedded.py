@@ -29,7 +29,8 @@ class Run:
              "--admin-port", str(self.ports["admin"]), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-        wait_ready(self.ports["admin"], self.process, timeout=60)
+        host = flags[flags.index("--host") + 1] if "--host" in flags else "127.0.0.1"
+        wait_ready(self.ports["admin"], self.process, timeout=60, host=host)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
         assert self.process is not None
@@ -39,11 +40,14 @@ class Run:
         return output
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run(
+        return self.attempt(*args, check=True).stdout
+
+    def attempt(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """A CLI command over this data directory, its rc and output, failing or not."""
+        return subprocess.run(
             [sys.executable, "-m", "driftline.cli", *args, "--data", str(self.data)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=check, timeout=120,
         )  # fmt: skip
-        return result.stdout
 
     def drift(self) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = json.loads(self.cli("drift", "--tenant", "acme", "--json"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -14,17 +16,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_ready(
+    admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60, host: str = "127.0.0.1"
+) -> None:
     """Until the admin port answers /readyz with 200; fails at once if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited during start-up with {process.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{host}:{admin_port}/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.2)
     raise RuntimeError("not ready in time")
+
+
+_PROBE = """
+import sys, contextlib, io
+from driftline.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+heavy = {"clickhouse_connect", "chdb", "aiohttp", "httpx", "grpc", "faust", "aiokafka"}
+print(sorted({m.split(".")[0] for m in sys.modules} & heavy))
+"""
+
+
+def heavy_imports(*argv: str) -> list[str]:
+    """The heavy libraries a `driftline` command loads (the store, servers, HTTP clients)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    imported: list[str] = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    return imported
