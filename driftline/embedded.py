@@ -24,6 +24,7 @@ import store
 from actions import operations
 from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
+from driftline import console
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -184,7 +185,8 @@ def _dumps(value: Any) -> str:
 
 async def run(settings: Settings) -> None:
     data = settings.data
-    client = store.connect(f"chdb://{store_path(data).resolve()}")
+    dsn = f"chdb://{store_path(data).resolve()}"
+    client = store.connect(dsn)
     applied = store.migrate(client)
     if applied:
         log.info("store migrated to version %d", applied[-1])
@@ -214,6 +216,8 @@ async def run(settings: Settings) -> None:
         bus=bus,
     )
     app.add_routes(operation_routes(ctx))
+    console_client = store.connect(dsn)  # its own session: pages never queue behind writes
+    console.mount(app, console_client, lambda: store.connect(dsn), data, settings.token_registry)
     wake = asyncio.Event()
 
     async def on_flag(record: Record) -> None:
@@ -238,5 +242,6 @@ async def run(settings: Settings) -> None:
         await receiver.stop()
         await admin_runner.cleanup()
         await writer.close()
+        console_client.close()
         client.close()
         log.info("stopped")
