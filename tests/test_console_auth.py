@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from driftline.console import auth
-from driftline.console.web import host_is_local, human_duration
+from driftline.console.pages import host_is_local, human_duration
 
 
 class Clock:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from driftline.console import auth
 from driftline.console.metrics import StoreGauges
-from driftline.console.web import Console, api_routes, console_app
+from driftline.console.pages import Console, api_routes, console_app
 
 __all__ = ["Console", "mount"]
 
