@@ -7,6 +7,7 @@ sessions, templates, static files); the SQL is in ``store.console``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ def mount(
     gauges = StoreGauges(client)
     REGISTRY.register(gauges)
     app.on_cleanup.append(lambda _: _unregister(gauges))
+    logging.getLogger(__name__).info(
+        "console at /console/ on the admin port: sign in with `driftline console url`"
+    )
     return console
 
 
@@ -61,7 +65,6 @@ async def serve(dsn: str, data: Path, host: str, port: int) -> None:
     """`driftline console --clickhouse URL`: the same pages (and gauges) from a ClickHouse
     server, for the Kafka deployment, with its own admin token under DATA."""
     import json
-    import logging
     import os
 
     import store
@@ -77,9 +80,6 @@ async def serve(dsn: str, data: Path, host: str, port: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     run_file(data).write_text(json.dumps({"pid": os.getpid(), "admin": f"http://{host}:{port}"}))
-    logging.getLogger(__name__).info(
-        "console on http://%s:%d/console/; sign in with `driftline console url`", host, port
-    )
     try:
         await until_signalled()
     finally:
