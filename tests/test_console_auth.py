@@ -98,3 +98,16 @@ def test_durations_read_as_people_say_them() -> None:
     assert [human_duration(s) for s in (None, 12, 600, 7200, 86400 * 3)] == [
         "-", "12 s", "10 min", "2.0 h", "3.0 d",
     ]  # fmt: skip
+
+
+def test_chart_labels_from_telemetry_are_escaped() -> None:
+    from datetime import UTC, datetime
+
+    from driftline.console import svg
+
+    hostile = '<script>alert(1)</script>"&'
+    chart = str(svg.bar_chart([(hostile, 3), ("web", 1)], f"teams {hostile}"))
+    assert "<script>" not in chart and "&lt;script&gt;" in chart
+    line = str(svg.line_chart([(datetime(2026, 1, 1, tzinfo=UTC), 0)], hostile))
+    assert "<script>" not in line
+    assert 'data-last="0"' in line

@@ -203,6 +203,7 @@ def test_no_page_answers_without_a_session(run: Run) -> None:
         response = httpx.get(base(run) + path, follow_redirects=False)
         assert response.status_code == 401, path
         assert "acme/A" not in response.text and "Not signed in" in response.text
+    assert httpx.get(base(run) + "/console").headers["Location"] == "/console/"
     forged = httpx.get(base(run) + "/console/", cookies={"driftline_console": "forged"})
     assert forged.status_code == 401
     rebound = httpx.get(base(run) + "/console/sign-in?token=x", headers={"Host": "evil.example"})

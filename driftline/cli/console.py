@@ -65,7 +65,8 @@ def _local(
         raise ValueError(f"no store under {settings.data}: nothing has run there yet")
     client = store.connect(dsn)
     try:
-        store.migrate(client)
+        if not args.clickhouse:  # a server is migrated by its sink; a reader may not write DDL
+            store.migrate(client)
         from store import console as queries
 
         if body.get("tenant") and body["tenant"] not in queries.known_tenants(client):

@@ -42,6 +42,7 @@ def mount(
         token_registry=token_registry,
     )
     app.add_routes(api_routes(console))
+    app.router.add_get("/console", _to_console)
     app.add_subapp("/console/", console_app(console))
     gauges = StoreGauges(client)
     REGISTRY.register(gauges)
@@ -50,6 +51,10 @@ def mount(
         "console at /console/ on the admin port: sign in with `driftline console url`"
     )
     return console
+
+
+async def _to_console(_: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently("/console/")
 
 
 async def _unregister(gauges: StoreGauges) -> None:
@@ -63,7 +68,9 @@ def run_file(data: Path) -> Path:
 
 async def serve(dsn: str, data: Path, host: str, port: int) -> None:
     """`driftline console --clickhouse URL`: the same pages (and gauges) from a ClickHouse
-    server, for the Kafka deployment, with its own admin token under DATA."""
+    server, for the Kafka deployment, with its own admin token under DATA. It only reads: a
+    ClickHouse user with SELECT on the database will do, if its profile lets it change
+    settings (readonly 0 or 2), which the SQL sandbox needs for its tenant filters."""
     import json
     import os
 
@@ -71,8 +78,7 @@ async def serve(dsn: str, data: Path, host: str, port: int) -> None:
     from driftline.ingest_runner import until_signalled
     from ingest import admin
 
-    client = store.connect(dsn)
-    store.migrate(client)
+    client = store.connect(dsn)  # read only: the sink migrates the server
     app = admin.build_app(lambda: True)
     registry = data / "tokens.db"
     mount(app, client, lambda: store.connect(dsn), data, registry if registry.exists() else None)
