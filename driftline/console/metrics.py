@@ -50,6 +50,11 @@ class StoreGauges(Collector):
             self._cached = (time.monotonic(), value)
             return value
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The names, for the registry's duplicate check, without reading the store."""
+        for name in NAMES:
+            yield GaugeMetricFamily(name, name)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         data = self._read()
         up = GaugeMetricFamily("driftline_store_up", "1 when the store answered this scrape")
