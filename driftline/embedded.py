@@ -216,7 +216,7 @@ async def run(settings: Settings) -> None:
         bus=bus,
     )
     app.add_routes(operation_routes(ctx))
-    console_client = store.connect(dsn)  # its own session: pages never queue behind writes
+    console_client = store.connect(dsn)  # the console reads in a session of its own
     console.mount(app, console_client, lambda: store.connect(dsn), data, settings.token_registry)
     wake = asyncio.Event()
 
