@@ -19,7 +19,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from actions import compliance_csv, planner
+from actions import compliance_csv, metrics, planner
 from actions.executor import Executor, ExecutorOptions
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
@@ -140,6 +140,7 @@ async def mdm_pull(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     counts, errors = await remediation.import_compliance(
         tenant, lambda records: _store_compliance(ctx, records)
     )
+    metrics.pulled(tenant, [v.value for v in counts], [v.value for v in errors])
     return {
         "tenant": tenant,
         "imported": {vendor.value: n for vendor, n in counts.items()},

@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from driftline.datadir import private_dir
 
@@ -120,6 +120,12 @@ def same_machine(peer: str | None, local: str | None) -> bool:
     return address == own
 
 
+def local_address(request: Any) -> str | None:
+    """The address an aiohttp request reached (the other half of ``same_machine``)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return str(sockname[0]) if sockname else None
+
+
 def refusal(
     *,
     path: str,
@@ -167,7 +173,6 @@ def guard(expected_token: str, allowed_hosts: Iterable[str]) -> Middleware:
 
     @web.middleware
     async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
         refused = refusal(
             path=request.path,
             method=request.method,
@@ -176,7 +181,7 @@ def guard(expected_token: str, allowed_hosts: Iterable[str]) -> Middleware:
             authorization=request.headers.get("Authorization"),
             content_type=request.content_type,
             peer=request.remote,
-            local=sockname[0] if sockname else None,
+            local=local_address(request),
             expected_token=expected_token,
             hosts=allowed,
         )

@@ -23,7 +23,7 @@ import store
 from actions import operations
 from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
-from driftline import admin_auth, answers, datadir
+from driftline import admin_auth, answers, console, datadir
 from driftline.datadir import dead_letter_path, run_file, store_path
 from driftline.errors import NotFound
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
@@ -157,7 +157,8 @@ def _dumps(value: Any) -> str:
 async def run(settings: Settings) -> None:
     data = settings.data
     admin_token = admin_auth.load_or_create(data)  # also makes the data directory 0700
-    client = store.connect(f"chdb://{store_path(data).resolve()}")
+    dsn = f"chdb://{store_path(data).resolve()}"
+    client = store.connect(dsn)
     applied = store.migrate(client)
     if applied:
         log.info("store migrated to version %d", applied[-1])
@@ -190,6 +191,8 @@ async def run(settings: Settings) -> None:
         bus=bus,
     )
     app.add_routes(operation_routes(ctx))
+    console_client = store.connect(dsn)  # the console reads in a session of its own
+    console.mount(app, console_client, lambda: store.connect(dsn), data, settings.token_registry)
     wake = asyncio.Event()
 
     async def on_flag(record: Record) -> None:
@@ -215,5 +218,6 @@ async def run(settings: Settings) -> None:
         await receiver.stop()
         await admin_runner.cleanup()
         await writer.close()
+        console_client.close()
         client.close()
         log.info("stopped")

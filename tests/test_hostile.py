@@ -305,7 +305,11 @@ async def test_a_late_loop_sheds_new_requests_quickly_then_recovers(tmp_path: Pa
         assert all(retry == "1" for _, retry, _ in shed)
         assert {status for status, _, _ in answers} <= {200, 503}
         await asyncio.sleep(1.5)  # the lag is gone: the probability decays to 0
-        assert [status for status, _, _ in await asyncio.to_thread(send_many, 5)] == [200] * 5
+        # a loaded test machine can be late on its own: recovery is five OKs in a row, soon
+        deadline = time.monotonic() + 10
+        while [s for s, _, _ in await asyncio.to_thread(send_many, 5)] != [200] * 5:
+            assert time.monotonic() < deadline, "still shedding 10 s after the loop recovered"
+            await asyncio.sleep(0.5)
         metadata = (("authorization", f"Bearer {running.token}"),)
         code, _, _ = await grpc_call(running.grpc_port, body, metadata)
         assert code == grpc.StatusCode.OK
