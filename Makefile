@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	@command -v java >/dev/null || echo "note: no java on PATH; the local Kafka broker needs a JDK 17"
 	@test -d $(VENV) || { echo "creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "installing Driftline and its ~120 dependencies into $(VENV) (~1 GB; the first time"
-	@echo "takes 3-4 min on 2 cores, later changes to pyproject.toml seconds):"
+	@echo "installing Driftline and its ~85 dependencies into $(VENV) (1.2 GB: under a minute on a"
+	@echo "fast network, a few minutes on a slow one; a progress line at least every 15 s):"
 	@$(PYTHON) scripts/install_progress.py $(BIN)/pip install --upgrade pip
 	@$(PYTHON) scripts/install_progress.py $(BIN)/pip install -e '.[dev]'
 	@rm -f $(VENV)/.installed-*

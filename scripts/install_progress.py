@@ -64,18 +64,24 @@ class Progress:
                 self.phase = "building the local package"
                 self.say(f"{self.collected} packages collected; {self.phase}")
             elif match := _INSTALLING.match(text):
-                count = len(match.group(1).split(","))
-                self.phase = f"installing {count} packages (the largest, chDB, takes a while)"
+                names = [n.strip() for n in match.group(1).split(",")]
+                self.phase = f"installing {_count(names)}"
+                if "chdb" in names:
+                    self.phase += " (the largest, chDB, takes a while)"
                 self.say(self.phase)
             elif match := _SUCCESS.match(text):
                 self.phase = "done"
-                self.say(f"installed {len(match.group(1).split())} packages")
+                self.say(f"installed {_count(match.group(1).split())}")
 
     def heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
             with self.lock:
                 if time.monotonic() - self.last_print >= QUIET_AT_MOST:
                     self.say(f"still {self.status()}")
+
+
+def _count(names: list[str]) -> str:
+    return "1 package" if len(names) == 1 else f"{len(names)} packages"
 
 
 def main(command: list[str]) -> int:

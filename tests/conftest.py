@@ -12,6 +12,8 @@ from ingest.receiver import Receiver, ReceiverOptions
 from ingest.service import IngestOptions, IngestService
 from ingest.tokens import Authenticator, TokenStore
 
+pytest_plugins = ["tests.support.leftovers"]  # no process a test started outlives the session
+
 
 @dataclass
 class RunningReceiver:
