@@ -24,6 +24,7 @@ import store
 from actions import operations
 from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
+from driftline import startup
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -226,6 +227,7 @@ async def run(settings: Settings) -> None:
     run_file(data).write_text(
         json.dumps({"pid": os.getpid(), "admin": f"http://{settings.host}:{settings.admin_port}"})
     )
+    print(startup.startup_block(startup.gather(settings)), flush=True)
     try:
         await until_signalled()
     finally:
