@@ -161,7 +161,15 @@ def query_routes(client: Any) -> list[web.RouteDef]:
         )
         return web.json_response(history, dumps=_dumps)
 
-    return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
+    async def services(request: web.Request) -> web.Response:
+        names = await asyncio.to_thread(queries.service_names, client, request.query["tenant"])
+        return web.json_response(names)
+
+    return [
+        web.get("/api/drift", drift),
+        web.get("/api/endpoint", endpoint),
+        web.get("/api/services", services),
+    ]
 
 
 def operation_routes(ctx: operations.Context) -> list[web.RouteDef]:

@@ -95,3 +95,14 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
         parameters,
     )
     return {"endpoint_id": endpoint_id, "states": states, "flags": flags, "rejections": rejections}
+
+
+def service_names(client: Client, tenant: str) -> list[str]:
+    """The `service.name`s a tenant's endpoints have reported, for checking policy tool names."""
+    rows = query_dicts(
+        client,
+        "SELECT DISTINCT service_name FROM endpoint_states WHERE tenant_id = {tenant:String} "
+        "ORDER BY service_name",
+        {"tenant": tenant},
+    )
+    return [row["service_name"] for row in rows]

@@ -86,6 +86,43 @@ def query(args: argparse.Namespace, path: str, params: dict[str, str | None]) ->
         client.close()
 
 
+def reported_services(args: argparse.Namespace, tenant: str) -> tuple[list[str] | None, str | None]:
+    """The service.names a tenant's endpoints reported, or None and why they could not be read.
+
+    Read where `query` reads: the running `driftline run`, else the store itself. No store yet
+    is said as such, never taken for "nothing reported".
+    """
+    from driftline import embedded
+
+    settings = settings_of(args)
+    running = embedded.run_file(settings.data)
+    clickhouse = getattr(args, "clickhouse", None)
+    try:
+        if clickhouse is None and running.exists():
+            import httpx
+
+            base = json.loads(running.read_text())["admin"]
+            response = httpx.get(f"{base}/api/services", params={"tenant": tenant}, timeout=30)
+            response.raise_for_status()
+            names: list[str] = response.json()
+            return names, None
+        if clickhouse is None:
+            path = embedded.store_path(settings.data)
+            if not path.exists():
+                return None, f"no store yet at {path}: nothing has been received"
+            clickhouse = f"chdb://{path.resolve()}"
+        import store
+        from store import queries
+
+        client = store.connect(clickhouse)
+        try:
+            return queries.service_names(client, tenant), None
+        finally:
+            client.close()
+    except Exception as error:  # any failure to look is reported as such, not as "unknown"
+        return None, f"the store could not be read: {str(error).splitlines()[0][:200]}"
+
+
 def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     """Run a store-backed operation here, or in the `driftline run` that holds the store."""
     import asyncio

@@ -14,6 +14,7 @@ from driftline.cli.common import (
     policies_of,
     print_table,
     publish_policy,
+    reported_services,
     settings_of,
     utc,
 )
@@ -28,6 +29,16 @@ def _cmd_policy_set(args: argparse.Namespace) -> int:
     except PolicyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if policy.tools:
+        from driftline.policy_check import tool_warnings
+
+        reported, why = reported_services(args, policy.tenant)
+        warnings = tool_warnings(policy.tools, reported, why)
+        for warning in warnings:
+            print(f"{'error' if args.strict else 'warning'}: {warning}", file=sys.stderr)
+        if warnings and args.strict:
+            print("--strict: the policy was not published", file=sys.stderr)
+            return 2
     from ingest.tokens import TokenStore
 
     rotations = TokenStore(settings.token_registry).rotations(policy.tenant)
@@ -71,6 +82,14 @@ def add_commands(commands: Any) -> None:
         "set", help="publish a tenant policy file (YAML or JSON) as its next version"
     )
     policy_set.add_argument("file", type=Path)
+    policy_set.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse tool names no endpoint has reported (or that cannot be checked)",
+    )
+    policy_set.add_argument(
+        "--clickhouse", default=None, help="DSN of a ClickHouse server, to check tool names"
+    )
     policy_set.set_defaults(func=_cmd_policy_set)
     policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
     policy_show.add_argument("--tenant", required=True)
