@@ -52,10 +52,27 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
         print(json.dumps(history, default=str, indent=2))
         return 0
     print(f"endpoint {history['endpoint_id']}")
-    print("\nstates:")
+    print("\nstates (first_seen/last_seen: when Driftline received them; telemetry_time: the")
+    print("endpoint's own clock, first and last, which may be wrong):")
+    states = [
+        {
+            **state,
+            "first_seen": state["first_seen"] or "(not recorded)",
+            "telemetry_time": f"{state['telemetry_first']} .. {state['telemetry_last']}",
+        }
+        for state in history["states"]
+    ]
     print_table(
-        history["states"],
-        ["first_seen", "last_seen", "service_name", "app_version", "team_id", "serial_number"],
+        states,
+        [
+            "first_seen",
+            "last_seen",
+            "service_name",
+            "app_version",
+            "team_id",
+            "serial_number",
+            "telemetry_time",
+        ],
     )
     print("\nflags:")
     print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])
