@@ -27,7 +27,13 @@ def _cmd_drift(args: argparse.Namespace) -> int:
             "first_seen",
         ]
         print_table(rows, columns)
+        if not rows:
+            print(f"no open drift for {_scope(args)}")
     return 0
+
+
+def _scope(args: argparse.Namespace) -> str:
+    return "any tenant" if args.all_tenants else f"tenant {args.tenant}"
 
 
 def _remediation(args: argparse.Namespace) -> int:
@@ -43,6 +49,8 @@ def _remediation(args: argparse.Namespace) -> int:
         return 0
     columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
     print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
+    if not rows:
+        print(f"no force-synced device for {_scope(args)}")
     return 0
 
 
@@ -52,6 +60,12 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
         print(json.dumps(history, default=str, indent=2))
         return 0
     print(f"endpoint {history['endpoint_id']}")
+    if not (history["states"] or history["flags"] or history["rejections"]):
+        print(
+            f"nothing received from this endpoint for {_scope(args)} (ids are tenant/identity, "
+            "e.g. acme/C02XYZ; `driftline drift` lists them)"
+        )
+        return 1
     print("\nstates (first_seen/last_seen: when Driftline received them; telemetry_time: the")
     print("endpoint's own clock, first and last, which may be wrong):")
     states = [

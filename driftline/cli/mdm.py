@@ -84,6 +84,8 @@ def _cmd_mdm_credentials_status(args: argparse.Namespace) -> int:
     ]
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
+    elif not rows:
+        print("no MDM integrations yet (driftline mdm connect)")
     else:
         print_table(
             rows,
@@ -111,6 +113,11 @@ def _cmd_mdm_import(args: argparse.Namespace) -> int:
 
 def _cmd_mdm_pull(args: argparse.Namespace) -> int:
     result = operate(args, "mdm-pull", {"tenant": args.tenant})
+    if not result["imported"] and not result["errors"]:
+        print(
+            f"nothing pulled: tenant {args.tenant} has no MDM integration with a credential "
+            "(driftline mdm connect, then mdm credentials set; push-only ones are skipped)"
+        )
     for vendor, count in result["imported"].items():
         print(f"{vendor}: {count} compliance records imported")
     for vendor, why in result["errors"].items():

@@ -72,7 +72,42 @@ def _cmd_policy_push(args: argparse.Namespace) -> int:
     print_table(
         result["entries"], ["vendor", "policy_version", "outcome", "detail", "payload_file"]
     )
+    for line in push_summary(result["entries"], result["force_sync"], args.force_sync):
+        print(line)
     return 1 if any(e["outcome"] == "failed" for e in result["entries"]) else 0
+
+
+def push_summary(
+    entries: list[dict[str, Any]], synced: dict[str, int] | None, force_sync: bool
+) -> list[str]:
+    """What the push did, from its rows; a push or sync that sent nothing says so and why."""
+    outcomes: dict[str, list[str]] = {}
+    for entry in entries:
+        outcomes.setdefault(entry["outcome"], []).append(entry["vendor"])
+    lines = [f"{outcome}: {', '.join(vendors)}" for outcome, vendors in sorted(outcomes.items())]
+    if "pushed" not in outcomes:
+        why = {
+            "unchanged": "the policy's payload is what the MDM already has",
+            "dry_run": "dry run (--live to push)",
+            "republish_required": "push-only integrations: upload the payload file by hand",
+            "failed": "the MDM refused",
+        }
+        reasons = "; ".join(why.get(o, o) for o in sorted(outcomes))
+        lines.append(f"nothing pushed: {reasons}")
+    if force_sync:
+        if synced is None:
+            lines.append("force-sync: nothing sent, because no profile was updated by this push")
+        elif not any(synced.values()):
+            lines.append(
+                "force-sync: nothing sent, because no device of the updated MDMs is known "
+                "(import compliance first: driftline mdm pull)"
+            )
+        else:
+            lines.append(
+                f"force-sync: succeeded {synced['succeeded']}, failed {synced['failed']}, "
+                f"skipped {synced['skipped']}"
+            )
+    return lines
 
 
 def add_commands(commands: Any) -> None:
