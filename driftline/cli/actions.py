@@ -6,7 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, operate, print_table, settings_of
+from driftline.cli.common import (
+    ACTIONS_FLAGS,
+    add_setting_flags,
+    operate,
+    print_table,
+    settings_of,
+)
 
 
 def _cmd_actions_run(args: argparse.Namespace) -> int:
@@ -123,7 +129,7 @@ def add_commands(commands: Any) -> None:
         help="Kafka deployment: remediate on new drift from driftline.flags (dry-run unless "
         "DRIFTLINE_ACTIONS_LIVE=1)",
     )
-    add_setting_flags(actions_serve, "--bootstrap")
+    add_setting_flags(actions_serve, "--bootstrap", *ACTIONS_FLAGS)
     actions_serve.add_argument("--clickhouse", default=None, help="DSN of the ClickHouse server")
     actions_serve.add_argument("--group", default="driftline-actions", help="Kafka consumer group")
     actions_serve.add_argument(

@@ -28,13 +28,41 @@ SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
         int,
         "characters per attribute value (default 4096)",
     ),
+    "--integrations": (
+        "integrations",
+        Path,
+        "MDM integrations file (DRIFTLINE_INTEGRATIONS, default DATA/mdm/integrations.json)",
+    ),
+    "--actions-live": (
+        "actions_live",
+        bool,
+        "act on the MDMs; without it remediation is a dry run (DRIFTLINE_ACTIONS_LIVE)",
+    ),
+    "--actions-interval": (
+        "actions_interval",
+        float,
+        "seconds between remediation passes (DRIFTLINE_ACTIONS_INTERVAL, default 60)",
+    ),
+    "--compliance-interval": (
+        "compliance_interval",
+        float,
+        "seconds between compliance pulls (DRIFTLINE_COMPLIANCE_INTERVAL, default 900)",
+    ),
 }
+# the remediation stage's settings: flags of `run` and `actions serve`, not of the receiver
+ACTIONS_FLAGS = ("--integrations", "--actions-live", "--actions-interval", "--compliance-interval")
+RECEIVER_FLAGS = tuple(f for f in SETTING_FLAGS if f not in ACTIONS_FLAGS)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, *flags: str) -> None:
     for flag in flags:
         _, kind, help_text = SETTING_FLAGS[flag]
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
+        if kind is bool:  # a switch; absent keeps the environment's value
+            parser.add_argument(
+                flag, action="store_const", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
