@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
 from driftline import startup
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
+from driftline.locations import dead_letter_path, run_file, store_path
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
 from ingest import admin
@@ -36,20 +36,6 @@ from schemas import AuthEvent, DriftFlag, EndpointSnapshot, topics
 from store import queries
 
 log = logging.getLogger(__name__)
-
-
-def store_path(data: Path) -> Path:
-    return data / "clickhouse"
-
-
-def dead_letter_path(data: Path) -> Path:
-    """Rows ClickHouse refused for their values, one JSON object a line (see BatchWriter)."""
-    return data / "dead-letter.jsonl"
-
-
-def run_file(data: Path) -> Path:
-    """Where a running `driftline run` says how to reach it (it holds the chdb lock)."""
-    return data / "run.json"
 
 
 class Pipeline:

@@ -84,7 +84,7 @@ def _cmd_actions_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from driftline.actions_runner import serve
-    from driftline.embedded import store_path
+    from driftline.locations import store_path
 
     settings = settings_of(args)
     dsn = args.clickhouse or f"chdb://{store_path(settings.data).resolve()}"

@@ -85,14 +85,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def query(args: argparse.Namespace, path: str, params: dict[str, str | None]) -> Any:
     """Through the running `driftline run` if there is one (it holds the embedded store)."""
-    import store
-    from driftline import embedded
+    from driftline import locations
 
     if not args.all_tenants and not args.tenant:
         raise ValueError("name a tenant with --tenant (or --all-tenants, for administrators)")
     tenant = None if args.all_tenants else args.tenant
     settings = settings_of(args)
-    running = embedded.run_file(settings.data)
+    running = locations.run_file(settings.data)
     if args.clickhouse is None and running.exists():
         import httpx
 
@@ -101,7 +100,9 @@ def query(args: argparse.Namespace, path: str, params: dict[str, str | None]) ->
         response = httpx.get(f"{base}/api/{path}", params=query, timeout=30)
         response.raise_for_status()
         return response.json()
-    dsn = args.clickhouse or f"chdb://{embedded.store_path(settings.data).resolve()}"
+    import store
+
+    dsn = args.clickhouse or f"chdb://{locations.store_path(settings.data).resolve()}"
     client = store.connect(dsn)
     try:
         store.migrate(client)
@@ -120,10 +121,10 @@ def reported_services(args: argparse.Namespace, tenant: str) -> tuple[list[str] 
     Read where `query` reads: the running `driftline run`, else the store itself. No store yet
     is said as such, never taken for "nothing reported".
     """
-    from driftline import embedded
+    from driftline import locations
 
     settings = settings_of(args)
-    running = embedded.run_file(settings.data)
+    running = locations.run_file(settings.data)
     clickhouse = getattr(args, "clickhouse", None)
     try:
         if clickhouse is None and running.exists():
@@ -135,7 +136,7 @@ def reported_services(args: argparse.Namespace, tenant: str) -> tuple[list[str] 
             names: list[str] = response.json()
             return names, None
         if clickhouse is None:
-            path = embedded.store_path(settings.data)
+            path = locations.store_path(settings.data)
             if not path.exists():
                 return None, f"no store yet at {path}: nothing has been received"
             clickhouse = f"chdb://{path.resolve()}"
@@ -155,10 +156,10 @@ def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     """Run a store-backed operation here, or in the `driftline run` that holds the store."""
     import asyncio
 
-    from driftline import actions_runner, embedded
+    from driftline import locations
 
     settings = settings_of(args)
-    running = embedded.run_file(settings.data)
+    running = locations.run_file(settings.data)
     clickhouse = getattr(args, "clickhouse", None)
     if clickhouse is None and running.exists():
         import httpx
@@ -169,7 +170,9 @@ def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
             raise ValueError(response.json()["error"])
         response.raise_for_status()
         return response.json()
-    dsn = clickhouse or f"chdb://{embedded.store_path(settings.data).resolve()}"
+    from driftline import actions_runner
+
+    dsn = clickhouse or f"chdb://{locations.store_path(settings.data).resolve()}"
     return asyncio.run(
         actions_runner.run_local(dsn, settings.data, settings.integrations_file, name, params)
     )

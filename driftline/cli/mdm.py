@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from driftline.cli.common import add_setting_flags, operate, print_table, settings_of
-from schemas.durations import parse_duration
 
 
 def _integrations(args: argparse.Namespace) -> Any:
@@ -42,6 +41,7 @@ def _cmd_mdm_credentials_set(args: argparse.Namespace) -> int:
     """The secret comes from a file or stdin, never argv (argv is visible to every user)."""
     from datetime import UTC, datetime
 
+    from schemas.durations import parse_duration
     from schemas.remediation import Vendor
 
     if args.secret_file is not None:
@@ -112,12 +112,14 @@ def _cmd_mdm_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_mdm_pull(args: argparse.Namespace) -> int:
-    result = operate(args, "mdm-pull", {"tenant": args.tenant})
-    if not result["imported"] and not result["errors"]:
+    if not any(i.current for i in _integrations(args).for_tenant(args.tenant)):
+        # decided here, without opening the store: there is nothing to pull from
         print(
             f"nothing pulled: tenant {args.tenant} has no MDM integration with a credential "
             "(driftline mdm connect, then mdm credentials set; push-only ones are skipped)"
         )
+        return 0
+    result = operate(args, "mdm-pull", {"tenant": args.tenant})
     for vendor, count in result["imported"].items():
         print(f"{vendor}: {count} compliance records imported")
     for vendor, why in result["errors"].items():

@@ -46,7 +46,7 @@ def _cmd_processors_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from driftline.embedded import dead_letter_path, store_path
+    from driftline.locations import dead_letter_path, store_path
     from store.sink import SinkOptions, serve
 
     settings = settings_of(args)
