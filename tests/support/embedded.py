@@ -29,7 +29,15 @@ class Run:
              "--admin-port", str(self.ports["admin"]), *flags],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-        wait_ready(self.ports["admin"], self.process, timeout=60)
+        try:
+            wait_ready(self.ports["admin"], self.process, timeout=60)
+        except BaseException as error:  # never leave a half-started pipeline behind
+            self.process.kill()
+            output = self.process.communicate(timeout=30)[0].decode(errors="replace")
+            self.process = None
+            if isinstance(error, Exception):
+                raise RuntimeError(f"driftline run did not become ready:\n{output}") from error
+            raise
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
         assert self.process is not None
