@@ -37,8 +37,8 @@ run: install
 # The local Kafka broker the tests start outlives pytest on purpose (the next run reuses it);
 # `make test` stops it on the way out, pass or fail, so nothing it started keeps running.
 test: install
-	@echo "running every test: ~10 min on 2 cores. The first Kafka test starts a local broker"
-	@echo "(~15 s; the first time on a machine Maven also downloads its jars, ~1 min)."
+	@echo "running every test (~700; 8 min here on 2 busy cores). The first Kafka test starts a local"
+	@echo "broker (seconds; the first time on a machine Maven also downloads its jars, about a minute)."
 	@trap '$(BIN)/driftline kafka down --kafka-data .cache/kafka-test >/dev/null 2>&1 || true' EXIT; \
 	$(BIN)/python -m pytest -q
 

@@ -12,7 +12,8 @@ from ingest.receiver import Receiver, ReceiverOptions
 from ingest.service import IngestOptions, IngestService
 from ingest.tokens import Authenticator, TokenStore
 
-pytest_plugins = ["tests.support.leftovers"]  # no process a test started outlives the session
+# no process a test started outlives the session; a long test says it is still running
+pytest_plugins = ["tests.support.leftovers", "tests.support.heartbeat"]
 
 
 @dataclass

@@ -49,3 +49,20 @@ def test_the_session_stops_what_a_failing_test_left_running(tmp_path: Path) -> N
         time.sleep(0.1)
     assert not [p for p in pids if _running(p)]  # …and nothing it started is left
     assert "stopped 2 process(es) the tests left running" in result.stdout
+
+
+def test_a_long_test_says_it_is_still_running(tmp_path: Path) -> None:
+    (tmp_path / "test_slow.py").write_text(
+        "import time\ndef test_slow():\n    print('captured')\n    time.sleep(2.6)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.support.heartbeat",
+         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull,
+         str(tmp_path / "test_slow.py")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTEST_HEARTBEAT_SECONDS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "still running test_slow.py::test_slow (1 s)" in result.stdout
+    assert "still running test_slow.py::test_slow (2 s)" in result.stdout
+    assert "captured" not in result.stdout  # the test's own output stays captured
