@@ -48,7 +48,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas bus ingest processors actions store driftline tests
+	$(BIN)/mypy schemas bus ingest processors actions store driftline tests scripts
 
 fmt: install
 	$(BIN)/ruff check --fix .
