@@ -99,7 +99,7 @@ def gather(settings: Settings, console: str | None = None) -> StartupFacts:
         http_port=settings.http_port,
         admin_port=settings.admin_port,
         data=settings.data.resolve(),
-        program=_program(),
+        program=program(),
         data_flag=settings.data.resolve() != Settings.model_validate({}).data.resolve(),
         token_tenants=tuple(active),
         policy_tenants=tuple(p.tenant for p in policies),
@@ -108,7 +108,7 @@ def gather(settings: Settings, console: str | None = None) -> StartupFacts:
     )
 
 
-def _program() -> str:
+def program() -> str:
     """`driftline` when that is what the shell finds, else the path this was started by."""
     import os
     import shutil

@@ -79,7 +79,9 @@ def test_policy_set_checks_names_against_the_store(tmp_path: Path) -> None:
     assert stored_version(data) == 2  # refused: still the previous version
 
     result = driftline(data, "policy", "set", "--strict", policy_file(tmp_path, "claude-code"))
-    assert result.returncode == 0 and result.stderr == ""
+    assert result.returncode == 0
+    assert "warning" not in result.stderr and "error" not in result.stderr
+    assert f"drift --tenant acme --data {data}" in result.stderr  # the next command
     assert stored_version(data) == 3
 
 

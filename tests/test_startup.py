@@ -77,3 +77,16 @@ def test_driftline_run_prints_the_block_and_follows_what_exists(tmp_path: Path) 
     run.start()
     output = run.stop(signal.SIGTERM)
     assert "policy set acme.yaml --data" in output
+
+
+def test_token_creation_names_the_next_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "driftline.cli", "tokens", "create", "--tenant", "acme",
+         "--data", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert len(result.stdout.splitlines()) == 1  # stdout is the token alone
+    assert f"policy set acme.yaml --data {tmp_path}" in result.stderr

@@ -74,6 +74,14 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def data_flag(args: argparse.Namespace) -> str:
+    """`` --data DIR`` for a suggested next command, when this one was given one."""
+    import shlex
+
+    data = getattr(args, "data", None)
+    return f" --data {shlex.quote(str(data))}" if data is not None else ""
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = [columns] + [
         ["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows

@@ -10,6 +10,7 @@ from typing import Any
 
 from driftline.cli.common import (
     add_setting_flags,
+    data_flag,
     operate,
     policies_of,
     print_table,
@@ -47,6 +48,12 @@ def _cmd_policy_set(args: argparse.Namespace) -> int:
     stored = policies_of(settings).put(policy)
     publish_policy(settings, stored)
     print(f"policy of tenant {stored.tenant} is now version {stored.version}")
+    import shlex
+
+    from driftline.startup import program
+
+    ask = f"{program()} drift --tenant {shlex.quote(stored.tenant)}{data_flag(args)}"
+    print(f"ask what drifted: {ask}", file=sys.stderr)
     return 0
 
 

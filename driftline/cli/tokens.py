@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from driftline.cli.common import add_setting_flags, policies_of, publish_policy, settings_of, utc
+from driftline.cli.common import (
+    add_setting_flags,
+    data_flag,
+    policies_of,
+    publish_policy,
+    settings_of,
+    utc,
+)
 from schemas.durations import parse_duration
 
 
@@ -20,6 +27,16 @@ def _cmd_tokens_create(args: argparse.Namespace) -> int:
     token_id, token = _token_store(args).create(args.tenant)
     print(f"created token {token_id} for tenant {args.tenant}; it is shown once:", file=sys.stderr)
     print(token)
+    if not policies_of(settings_of(args)).get(args.tenant):
+        import shlex
+
+        from driftline.startup import program
+
+        print(
+            'next: send telemetry with it (README, "Send telemetry") and publish a policy: '
+            f"{program()} policy set {shlex.quote(args.tenant + '.yaml')}{data_flag(args)}",
+            file=sys.stderr,
+        )
     return 0
 
 
