@@ -1,5 +1,6 @@
 # Routine tasks. `make run` and `make test` each do their own set-up on a fresh machine.
 PYTHON ?= python3.11
+SHELL  := /bin/bash
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -20,18 +21,26 @@ help:
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	@command -v java >/dev/null || echo "note: no java on PATH; the local Kafka broker needs a JDK 17"
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@test -d $(VENV) || { echo "creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing Driftline and its ~85 dependencies into $(VENV) (1.2 GB: under a minute on a"
+	@echo "fast network, a few minutes on a slow one; a progress line at least every 15 s):"
+	@$(PYTHON) scripts/install_progress.py $(BIN)/pip install --upgrade pip
+	@$(PYTHON) scripts/install_progress.py $(BIN)/pip install -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 install: $(STAMP)
 
 run: install
-	$(BIN)/driftline run
+	@echo "starting \`driftline run\` (Ctrl-C stops it)"
+	@$(BIN)/driftline run
 
+# The local Kafka broker the tests start outlives pytest on purpose (the next run reuses it);
+# `make test` stops it on the way out, pass or fail, so nothing it started keeps running.
 test: install
+	@echo "running every test (~700; 8 min here on 2 busy cores). The first Kafka test starts a local"
+	@echo "broker (seconds; the first time on a machine Maven also downloads its jars, about a minute)."
+	@trap '$(BIN)/driftline kafka down --kafka-data .cache/kafka-test >/dev/null 2>&1 || true' EXIT; \
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -40,7 +49,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas bus ingest processors actions store driftline tests
+	$(BIN)/mypy schemas bus ingest processors actions store driftline tests scripts
 
 fmt: install
 	$(BIN)/ruff check --fix .

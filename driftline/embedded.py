@@ -23,7 +23,7 @@ import store
 from actions import operations
 from actions.integrations import IntegrationStore
 from bus import MemoryBus, Record
-from driftline import admin_auth, answers, console, datadir
+from driftline import admin_auth, answers, console, datadir, startup
 from driftline.datadir import dead_letter_path, run_file, store_path
 from driftline.errors import NotFound
 from driftline.ingest_runner import build_service, receiver_options, start_admin, until_signalled
@@ -131,7 +131,18 @@ def query_routes(client: Any, known: Callable[[str], bool]) -> list[web.RouteDef
             return web.json_response({"error": "name the endpoint: ?id=…"}, status=400)
         return await answer(answers.endpoint, request.query.get("tenant"), request.query["id"])
 
-    return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
+    async def services(request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant")
+        if not tenant:
+            return web.json_response({"error": "name the tenant: ?tenant=…"}, status=400)
+        names = await asyncio.to_thread(store.queries.service_names, client, tenant)
+        return web.json_response(names)
+
+    return [
+        web.get("/api/drift", drift),
+        web.get("/api/endpoint", endpoint),
+        web.get("/api/services", services),
+    ]
 
 
 def operation_routes(ctx: operations.Context) -> list[web.RouteDef]:
@@ -206,6 +217,8 @@ async def run(settings: Settings) -> None:
     datadir.write_private(
         run_file(data), json.dumps({"pid": os.getpid(), "admin": f"http://{address}"})
     )
+    console_address = f"http://{address}/console/ (sign in: driftline console url)"
+    print(startup.startup_block(startup.gather(settings, console=console_address)), flush=True)
     try:
         await until_signalled()
     finally:

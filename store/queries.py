@@ -71,17 +71,25 @@ def drift(
 
 
 def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> dict[str, Any]:
-    """One endpoint: each distinct state it reported, every flag transition, recent rejections."""
+    """One endpoint: each distinct state it reported (with when it was received), every flag
+    transition, recent rejections."""
     scope = _where(tenant="tenant_id") + " AND endpoint_id = {endpoint:String}"
     parameters = {"tenant": tenant, "endpoint": endpoint_id}
+    # first_seen/last_seen are when Driftline received the state (our clock); the endpoint's
+    # own timestamps are a detail (telemetry_first/telemetry_last): a laptop's clock may be off
     states = query_dicts(
         client,
         "SELECT service_name, app_version, team_id, serial_number, resource_attributes, "  # noqa: S608
-        "min(first_seen) AS first_seen, max(last_seen) AS last_seen FROM endpoint_states FINAL "
-        f"WHERE {scope} GROUP BY state_hash, service_name, app_version, team_id, "
-        "serial_number, resource_attributes ORDER BY first_seen",
+        "min(first_received) AS received_first, max(last_received) AS received_last, "
+        "min(first_seen) AS telemetry_first, max(last_seen) AS telemetry_last "
+        f"FROM endpoint_states FINAL WHERE {scope} GROUP BY state_hash, service_name, "
+        "app_version, team_id, serial_number, resource_attributes "
+        "ORDER BY coalesce(received_first, received_last), telemetry_first",
         parameters,
     )
+    for state in states:
+        state["first_seen"] = state.pop("received_first")
+        state["last_seen"] = state.pop("received_last")
     flags = query_dicts(
         client,
         "SELECT kind, state, detail, first_seen, last_seen, policy_version, flag_id "  # noqa: S608
@@ -138,3 +146,14 @@ def find_endpoints(client: Client, tenant: str | None, given: str) -> list[str]:
         {"tenant": tenant, "given": given},
     )
     return [row["endpoint_id"] for row in rows]
+
+
+def service_names(client: Client, tenant: str) -> list[str]:
+    """The `service.name`s a tenant's endpoints have reported, for checking policy tool names."""
+    rows = query_dicts(
+        client,
+        "SELECT DISTINCT service_name FROM endpoint_states WHERE tenant_id = {tenant:String} "
+        "ORDER BY service_name",
+        {"tenant": tenant},
+    )
+    return [row["service_name"] for row in rows]

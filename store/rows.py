@@ -34,6 +34,7 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "first_seen",
             "last_seen",
             "last_received",
+            "first_received",
         ),
         "auth_events": (
             "tenant_id",
@@ -184,6 +185,7 @@ def values_for(message: StoreMessage) -> tuple[str, list[Any]]:
             message.resource_attributes,
             message.observed_at,
             message.observed_at,
+            message.received_at,
             message.received_at,
         ]
     if isinstance(message, AuthEvent):

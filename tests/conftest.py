@@ -12,6 +12,9 @@ from ingest.receiver import Receiver, ReceiverOptions
 from ingest.service import IngestOptions, IngestService
 from ingest.tokens import Authenticator, TokenStore
 
+# no process a test started outlives the session; a long test says it is still running
+pytest_plugins = ["tests.support.leftovers", "tests.support.heartbeat"]
+
 
 @dataclass
 class RunningReceiver:

@@ -8,6 +8,7 @@ from typing import Any
 
 from driftline import datadir
 from driftline.cli.common import (
+    ACTIONS_FLAGS,
     add_setting_flags,
     clickhouse_of,
     operate,
@@ -33,18 +34,53 @@ def _cmd_actions_run(args: argparse.Namespace) -> int:
         return 0
     mode = "DRY RUN (nothing sent; --live to act)" if result["dry_run"] else "LIVE"
     print(f"remediation for {result['tenant']}: {mode}")
-    final = {}
-    for step in result["steps"]:
-        final[step["action_id"]] = step
-    print_table(
-        list(final.values()),
-        ["vendor", "device_id", "serial_number", "endpoint_id", "state", "reason", "detail"],
-    )
+    final = final_steps(result["steps"])
+    if final:
+        print_table(
+            final,
+            ["vendor", "device_id", "serial_number", "endpoint_id", "state", "reason", "detail"],
+        )
     if result["unresolvable"]:
         print("\nendpoints with drift but no single MDM device (not acted on):")
         print_table(result["unresolvable"], ["endpoint_id", "serial_number", "why"])
-    print("\n" + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    print(
+        "\n" + summary(final, dry_run=result["dry_run"], unresolvable=len(result["unresolvable"]))
+    )
     return 1 if result["counts"]["failed"] else 0
+
+
+def final_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each action's last audit step: the row the table shows for it."""
+    final: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        final[step["action_id"]] = step
+    return list(final.values())
+
+
+def summary(final: list[dict[str, Any]], *, dry_run: bool, unresolvable: int = 0) -> str:
+    """The closing line, counted from the rows above it, so the two never disagree."""
+    if not final:
+        why = (
+            f"; {unresolvable} drifted endpoint(s) have no single MDM device"
+            if unresolvable
+            else ""
+        )
+        return f"nothing to do: no drifted endpoint to act on{why if unresolvable else ''}"
+    if dry_run:
+        would_skip = sum(1 for step in final if step["detail"].startswith("would skip"))
+        return (
+            f"{len(final)} planned: would send {len(final) - would_skip}, would skip "
+            f"{would_skip}; nothing sent (dry run)"
+        )
+    by_state = {
+        state: sum(1 for step in final if step["state"] == state)
+        for state in ("succeeded", "failed", "skipped", "sent")
+    }
+    words = [f"{state} {n}" for state, n in by_state.items() if n or state != "sent"]
+    line = f"{len(final)} planned: " + ", ".join(words)
+    if by_state["sent"]:
+        line += " (sent: no outcome recorded)"
+    return line
 
 
 def _cmd_actions_serve(args: argparse.Namespace) -> int:
@@ -63,10 +99,16 @@ def _cmd_actions_switch(args: argparse.Namespace) -> int:
     # a kill switch engaged in the wrong directory would stop nothing: the directory must exist
     switch = datadir.require(datadir.data_of(args.data)) / "actions.disabled"
     if args.actions_command == "stop":
+        if switch.exists():
+            print(f"kill switch already engaged ({switch}): nothing changed")
+            return 0
+        switch.parent.mkdir(parents=True, exist_ok=True)
         switch.write_text("remediation stopped by `driftline actions stop`\n")
         print(f"kill switch engaged ({switch}): no MDM action will be sent")
+    elif not switch.exists():
+        print("kill switch was not engaged: nothing changed")
     else:
-        switch.unlink(missing_ok=True)
+        switch.unlink()
         print("kill switch released: live runs may act again")
     return 0
 
@@ -91,7 +133,7 @@ def add_commands(commands: Any) -> None:
         help="Kafka deployment: remediate on new drift from driftline.flags (dry-run unless "
         "DRIFTLINE_ACTIONS_LIVE=1)",
     )
-    add_setting_flags(actions_serve, "--bootstrap")
+    add_setting_flags(actions_serve, "--bootstrap", *ACTIONS_FLAGS)
     actions_serve.add_argument("--clickhouse", default=None, help="DSN of the ClickHouse server")
     actions_serve.add_argument("--group", default="driftline-actions", help="Kafka consumer group")
     actions_serve.add_argument(

@@ -48,13 +48,41 @@ SETTING_FLAGS: dict[str, tuple[str, type, str]] = {
         Path,
         "PEM CA: require client certificates it signed (mutual TLS)",
     ),
+    "--integrations": (
+        "integrations",
+        Path,
+        "MDM integrations file (DRIFTLINE_INTEGRATIONS, default DATA/mdm/integrations.json)",
+    ),
+    "--actions-live": (
+        "actions_live",
+        bool,
+        "act on the MDMs; without it remediation is a dry run (DRIFTLINE_ACTIONS_LIVE)",
+    ),
+    "--actions-interval": (
+        "actions_interval",
+        float,
+        "seconds between remediation passes (DRIFTLINE_ACTIONS_INTERVAL, default 60)",
+    ),
+    "--compliance-interval": (
+        "compliance_interval",
+        float,
+        "seconds between compliance pulls (DRIFTLINE_COMPLIANCE_INTERVAL, default 900)",
+    ),
 }
+# the remediation stage's settings: flags of `run` and `actions serve`, not of the receiver
+ACTIONS_FLAGS = ("--integrations", "--actions-live", "--actions-interval", "--compliance-interval")
+RECEIVER_FLAGS = tuple(f for f in SETTING_FLAGS if f not in ACTIONS_FLAGS)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, *flags: str) -> None:
     for flag in flags:
         _, kind, help_text = SETTING_FLAGS[flag]
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
+        if kind is bool:  # a switch; absent keeps the environment's value
+            parser.add_argument(
+                flag, action="store_const", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
@@ -66,6 +94,14 @@ def settings_of(args: argparse.Namespace) -> Settings:
         if value is not None:
             overrides[field] = value
     return Settings(**overrides)
+
+
+def data_flag(args: argparse.Namespace) -> str:
+    """`` --data DIR`` for a suggested next command, when this one was given one."""
+    import shlex
+
+    data = getattr(args, "data", None)
+    return f" --data {shlex.quote(str(data))}" if data is not None else ""
 
 
 def tenant_arg(value: str) -> str:
@@ -280,6 +316,37 @@ def _error_of(error: Any) -> str:
 
 # operations that store what they learn (the others only read)
 WRITING_OPERATIONS = frozenset({"actions-run", "mdm-import", "mdm-pull", "policy-push"})
+
+
+def reported_services(args: argparse.Namespace, tenant: str) -> tuple[list[str] | None, str | None]:
+    """The service.names a tenant's endpoints reported, or None and why they could not be read.
+
+    Read where `query` reads: the running `driftline run`, else the store itself. No store yet
+    is said as such, never taken for "nothing reported".
+    """
+    data = datadir.data_of(args.data)
+    clickhouse = clickhouse_of(args)
+    try:
+        if clickhouse is None:
+            info = datadir.running(data)
+            if info is not None:
+                answer = call_api(
+                    info, data, "GET", f"/api/services?{urlencode({'tenant': tenant})}"
+                )
+                if answer is not _GONE:
+                    return list(answer), None
+            path = datadir.store_path(data)
+            if not path.exists():
+                return None, f"no store yet at {path}: nothing has been received"
+        from store import queries
+
+        client = open_store(data, clickhouse)
+        try:
+            return queries.service_names(client, tenant), None
+        finally:
+            client.close()
+    except Exception as error:  # any failure to look is reported as such, not as "unknown"
+        return None, f"the store could not be read: {str(error).splitlines()[0][:200]}"
 
 
 def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:

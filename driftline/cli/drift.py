@@ -27,7 +27,13 @@ def _cmd_drift(args: argparse.Namespace) -> int:
             "first_seen",
         ]
         print_table(rows, columns)
+        if not rows:
+            print(f"no open drift for {_scope(args)}")
     return 0
+
+
+def _scope(args: argparse.Namespace) -> str:
+    return "any tenant" if args.all_tenants else f"tenant {args.tenant}"
 
 
 def _remediation(args: argparse.Namespace) -> int:
@@ -47,6 +53,8 @@ def _remediation(args: argparse.Namespace) -> int:
         row["time_to_remediate"] = format_duration(row.get("time_to_remediate_s"))
     columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
     print_table(rows, [*columns, "remediated_at", "time_to_remediate"])
+    if not rows:
+        print(f"no force-synced device for {_scope(args)}")
     return 0
 
 
@@ -56,10 +64,33 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
         print(json.dumps(history, default=str, indent=2))
         return 0
     print(f"endpoint {history['endpoint_id']}")
-    print("\nstates:")
+    if not (history["states"] or history["flags"] or history["rejections"]):
+        print(
+            f"nothing received from this endpoint for {_scope(args)} (ids are tenant/identity, "
+            "e.g. acme/C02XYZ; `driftline drift` lists them)"
+        )
+        return 1
+    print("\nstates (first_seen/last_seen: when Driftline received them; telemetry_time: the")
+    print("endpoint's own clock, first and last, which may be wrong):")
+    states = [
+        {
+            **state,
+            "first_seen": state["first_seen"] or "(not recorded)",
+            "telemetry_time": f"{state['telemetry_first']} .. {state['telemetry_last']}",
+        }
+        for state in history["states"]
+    ]
     print_table(
-        history["states"],
-        ["first_seen", "last_seen", "service_name", "app_version", "team_id", "serial_number"],
+        states,
+        [
+            "first_seen",
+            "last_seen",
+            "service_name",
+            "app_version",
+            "team_id",
+            "serial_number",
+            "telemetry_time",
+        ],
     )
     print("\nflags:")
     print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])

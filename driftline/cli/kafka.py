@@ -10,6 +10,11 @@ from typing import Any
 def _cmd_kafka(args: argparse.Namespace) -> int:
     from bus import kafka_local
 
+    if args.kafka_command == "down":
+        data = args.kafka_data or kafka_local.DEFAULT_DATA_DIR
+        if not kafka_local.status(data).running:
+            print(f"no broker running in {data}: nothing to stop")
+            return 0
     argv = [args.kafka_command]
     if args.kafka_command == "up" and args.port is not None:
         argv += ["--port", str(args.port)]

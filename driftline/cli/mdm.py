@@ -88,6 +88,8 @@ def _cmd_mdm_credentials_status(args: argparse.Namespace) -> int:
     ]
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
+    elif not rows:
+        print("no MDM integrations yet (driftline mdm connect)")
     else:
         print_table(
             rows,
@@ -114,6 +116,13 @@ def _cmd_mdm_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_mdm_pull(args: argparse.Namespace) -> int:
+    if not any(i.current for i in _integrations(args).for_tenant(args.tenant)):
+        # decided here, without opening the store: there is nothing to pull from
+        print(
+            f"nothing pulled: tenant {args.tenant} has no MDM integration with a credential "
+            "(driftline mdm connect, then mdm credentials set; push-only ones are skipped)"
+        )
+        return 0
     result = operate(args, "mdm-pull", {"tenant": args.tenant})
     for vendor, count in result["imported"].items():
         print(f"{vendor}: {count} compliance records imported")

@@ -11,10 +11,12 @@ from typing import Any
 from driftline import datadir
 from driftline.cli.common import (
     add_setting_flags,
+    data_flag,
     operate,
     policies_of,
     print_table,
     publish_policy,
+    reported_services,
     settings_of,
     tenant_arg,
     utc,
@@ -30,6 +32,16 @@ def _cmd_policy_set(args: argparse.Namespace) -> int:
     except PolicyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if policy.tools:
+        from driftline.policy_check import tool_warnings
+
+        reported, why = reported_services(args, policy.tenant)
+        warnings = tool_warnings(policy.tools, reported, why)
+        for warning in warnings:
+            print(f"{'error' if args.strict else 'warning'}: {warning}", file=sys.stderr)
+        if warnings and args.strict:
+            print("--strict: the policy was not published", file=sys.stderr)
+            return 2
     from ingest.tokens import TokenStore
 
     rotations = TokenStore(settings.token_registry).rotations(policy.tenant)
@@ -38,6 +50,12 @@ def _cmd_policy_set(args: argparse.Namespace) -> int:
     stored = policies_of(settings).put(policy)
     publish_policy(settings, stored)
     print(f"policy of tenant {stored.tenant} is now version {stored.version}")
+    import shlex
+
+    from driftline.startup import program
+
+    ask = f"{program()} drift --tenant {shlex.quote(stored.tenant)}{data_flag(args)}"
+    print(f"ask what drifted: {ask}", file=sys.stderr)
     return 0
 
 
@@ -65,7 +83,42 @@ def _cmd_policy_push(args: argparse.Namespace) -> int:
     print_table(
         result["entries"], ["vendor", "policy_version", "outcome", "detail", "payload_file"]
     )
+    for line in push_summary(result["entries"], result["force_sync"], args.force_sync):
+        print(line)
     return 1 if any(e["outcome"] == "failed" for e in result["entries"]) else 0
+
+
+def push_summary(
+    entries: list[dict[str, Any]], synced: dict[str, int] | None, force_sync: bool
+) -> list[str]:
+    """What the push did, from its rows; a push or sync that sent nothing says so and why."""
+    outcomes: dict[str, list[str]] = {}
+    for entry in entries:
+        outcomes.setdefault(entry["outcome"], []).append(entry["vendor"])
+    lines = [f"{outcome}: {', '.join(vendors)}" for outcome, vendors in sorted(outcomes.items())]
+    if "pushed" not in outcomes:
+        why = {
+            "unchanged": "the policy's payload is what the MDM already has",
+            "dry_run": "dry run (--live to push)",
+            "republish_required": "push-only integrations: upload the payload file by hand",
+            "failed": "the MDM refused",
+        }
+        reasons = "; ".join(why.get(o, o) for o in sorted(outcomes))
+        lines.append(f"nothing pushed: {reasons}")
+    if force_sync:
+        if synced is None:
+            lines.append("force-sync: nothing sent, because no profile was updated by this push")
+        elif not any(synced.values()):
+            lines.append(
+                "force-sync: nothing sent, because no device of the updated MDMs is known "
+                "(import compliance first: driftline mdm pull)"
+            )
+        else:
+            lines.append(
+                f"force-sync: succeeded {synced['succeeded']}, failed {synced['failed']}, "
+                f"skipped {synced['skipped']}"
+            )
+    return lines
 
 
 def add_commands(commands: Any) -> None:
@@ -75,6 +128,14 @@ def add_commands(commands: Any) -> None:
         "set", help="publish a tenant policy file (YAML or JSON) as its next version"
     )
     policy_set.add_argument("file", type=Path)
+    policy_set.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse tool names no endpoint has reported (or that cannot be checked)",
+    )
+    policy_set.add_argument(
+        "--clickhouse", default=None, help="DSN of a ClickHouse server, to check tool names"
+    )
     policy_set.set_defaults(func=_cmd_policy_set)
     policy_show = policy_commands.add_parser("show", help="print a tenant's current policy")
     policy_show.add_argument("--tenant", required=True, type=tenant_arg)

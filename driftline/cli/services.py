@@ -6,7 +6,13 @@ import argparse
 import logging
 from typing import Any
 
-from driftline.cli.common import SETTING_FLAGS, add_setting_flags, clickhouse_of, settings_of
+from driftline.cli.common import (
+    ACTIONS_FLAGS,
+    RECEIVER_FLAGS,
+    add_setting_flags,
+    clickhouse_of,
+    settings_of,
+)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -70,7 +76,7 @@ def add_commands(commands: Any) -> None:
         description="Authenticate OTLP exports by tenant token and publish one endpoint "
         "snapshot per resource to the bus.",
     )
-    add_setting_flags(ingest, *SETTING_FLAGS)
+    add_setting_flags(ingest, *RECEIVER_FLAGS)
     ingest.set_defaults(func=_cmd_ingest)
 
     run = commands.add_parser(
@@ -79,9 +85,8 @@ def add_commands(commands: Any) -> None:
         description="Receive OTLP, detect drift and keep history in the embedded ClickHouse "
         "(chDB) under --data. State survives restarts.",
     )
-    add_setting_flags(
-        run, *(f for f in SETTING_FLAGS if f not in ("--bus", "--bootstrap", "--workers"))
-    )
+    receiver = (f for f in RECEIVER_FLAGS if f not in ("--bus", "--bootstrap", "--workers"))
+    add_setting_flags(run, *receiver, *ACTIONS_FLAGS)
     run.set_defaults(func=_cmd_run)
 
     processors = commands.add_parser("processors", help="drift processors on Kafka (Faust workers)")

@@ -9,6 +9,7 @@ from typing import Any
 from driftline import datadir
 from driftline.cli.common import (
     add_setting_flags,
+    data_flag,
     policies_of,
     publish_policy,
     settings_of,
@@ -16,6 +17,7 @@ from driftline.cli.common import (
     utc,
 )
 from driftline.errors import NoData, NotFound
+from schemas.durations import parse_duration
 
 
 def _token_store(args: argparse.Namespace) -> Any:
@@ -35,12 +37,21 @@ def _cmd_tokens_create(args: argparse.Namespace) -> int:
     token_id, token = _token_store(args).create(args.tenant)
     print(f"created token {token_id} for tenant {args.tenant}; it is shown once:", file=sys.stderr)
     print(token)
+    if not policies_of(settings_of(args)).get(args.tenant):
+        import shlex
+
+        from driftline.startup import program
+
+        print(
+            'next: send telemetry with it (README, "Send telemetry") and publish a policy: '
+            f"{program()} policy set {shlex.quote(args.tenant + '.yaml')}{data_flag(args)}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
     from ingest.tokens import format_time
-    from schemas.durations import parse_duration
 
     settings = settings_of(args)
     store = _token_store(args)
@@ -62,7 +73,6 @@ def _cmd_tokens_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    from schemas.durations import parse_duration
 
     settings = settings_of(args)
     _require_registry(settings.token_registry)

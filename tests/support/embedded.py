@@ -30,7 +30,15 @@ class Run:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         host = flags[flags.index("--host") + 1] if "--host" in flags else "127.0.0.1"
-        wait_ready(self.ports["admin"], self.process, timeout=60, host=host)
+        try:
+            wait_ready(self.ports["admin"], self.process, timeout=60, host=host)
+        except BaseException as error:  # never leave a half-started pipeline behind
+            self.process.kill()
+            output = self.process.communicate(timeout=30)[0].decode(errors="replace")
+            self.process = None
+            if isinstance(error, Exception):
+                raise RuntimeError(f"driftline run did not become ready:\n{output}") from error
+            raise
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> str:
         assert self.process is not None
