@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import store
-from driftline.locations import store_path
+from driftline.datadir import store_path
 from store.queries import endpoint_history
 from store.rows import values_for
 from tests.support.drift import outdated_laptop

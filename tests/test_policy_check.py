@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import store
-from driftline.locations import store_path
+from driftline.datadir import store_path
 from driftline.policy_check import tool_warnings
 from ingest.tokens import TokenStore
 from store.rows import values_for
