@@ -64,6 +64,7 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "reason",
             "reported_at",
             "imported_at",
+            "last_contact",
         ),
         "remediation_audit": (
             "tenant_id",

@@ -56,8 +56,15 @@ def device(
     tenant: str = "acme",
     vendor: Vendor = Vendor.JAMF,
     device_id: str = "d1",
+    last_contact: datetime | None = None,
 ) -> Device:
-    return Device(tenant_id=tenant, vendor=vendor, device_id=device_id, serial_number=serial)
+    return Device(
+        tenant_id=tenant,
+        vendor=vendor,
+        device_id=device_id,
+        serial_number=serial,
+        last_contact=last_contact,
+    )
 
 
 def record(
@@ -70,6 +77,7 @@ def record(
     reason: str = "FileVault off",
     minutes: int = 0,
     imported_minutes: int = 0,
+    last_contact: datetime | None = None,
 ) -> ComplianceRecord:
     return ComplianceRecord(
         tenant_id=tenant,
@@ -80,6 +88,7 @@ def record(
         reason=reason,
         reported_at=T0 + timedelta(minutes=minutes),
         imported_at=T0 + timedelta(minutes=minutes + imported_minutes),
+        last_contact=last_contact,
     )
 
 
@@ -163,11 +172,63 @@ def test_missing_serial_is_unresolvable(serials: dict[str, str | None]) -> None:
     )
 
 
-def test_serial_on_devices_of_two_vendors_is_ambiguous() -> None:
+def test_a_mac_in_two_mdms_is_acted_on_where_it_last_checked_in() -> None:
+    inventory = [
+        device(last_contact=T0 - timedelta(days=3)),
+        device("c02x", vendor=Vendor.INTUNE, device_id="i1", last_contact=T0),
+    ]
+    result = plan([flag()], {"acme/e1": "C02X"}, [], inventory)
+    assert result.unresolvable == ()
+    (action,) = result.actions
+    assert (action.vendor, action.device_id, action.endpoint_id) == (
+        Vendor.INTUNE,
+        "i1",
+        "acme/e1",
+    )
+    assert "acting through intune, where it last checked in" in action.route
+    assert "jamf (last check-in 2026-11-24 12:00:00Z)" in action.route
+
+
+def test_two_mdms_without_check_in_times_are_reported_not_guessed() -> None:
     inventory = [device(), device("c02x", vendor=Vendor.INTUNE, device_id="i1")]
     result = plan([flag()], {"acme/e1": "C02X"}, [], inventory)
     assert result.actions == ()
-    assert [u.why for u in result.unresolvable] == ["serial matches 2 devices"]
+    (why,) = [u.why for u in result.unresolvable]
+    assert why.startswith("enrolled in intune (no check-in reported), jamf")
+    assert why.endswith("no MDM reports a check-in to choose by")
+
+
+def test_one_known_check_in_beats_none_and_a_tie_is_reported() -> None:
+    known = [device(), device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0)]
+    (action,) = plan([flag()], {"acme/e1": "C02X"}, [], known).actions
+    assert action.vendor is Vendor.IRU
+    tie = [device(last_contact=T0), device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0)]
+    result = plan([flag()], {"acme/e1": "C02X"}, [], tie)
+    assert result.actions == ()
+    assert "equal last check-ins" in result.unresolvable[0].why
+
+
+def test_compliance_findings_from_both_mdms_become_one_action() -> None:
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, reason="profile missing", last_contact=T0),
+        record(
+            vendor=Vendor.INTUNE,
+            device_id="i1",
+            reason="complianceState=noncompliant",
+            last_contact=T0 - timedelta(hours=5),
+        ),
+    ]
+    inventory = [device("C02X", vendor=Vendor.INTUNE, device_id="i1")]
+    result = plan([flag()], {"acme/e1": "c02x"}, records, inventory)
+    (action,) = result.actions
+    assert (action.vendor, action.device_id) == (Vendor.JAMF, "d1")
+    details = sorted(r.detail for r in action.reasons)
+    assert details == [
+        "intune: noncompliant: complianceState=noncompliant",
+        "missing_profile: profile missing",
+        "outdated_client: 2.0.3 < 2.1.0",
+    ]
+    assert "acting through jamf" in action.route
 
 
 def test_serial_on_two_devices_of_one_vendor_is_ambiguous() -> None:
@@ -438,13 +499,15 @@ flags_st = st.lists(
     ),
     max_size=12,
 )
+CONTACTS = st.sampled_from([None, T0, T0 - timedelta(hours=1), T0 - timedelta(days=2)])
 inventory_st = st.lists(
     st.builds(
-        lambda t, v, i, s: device(s, tenant=t, vendor=v, device_id=i),
+        lambda t, v, i, s, c: device(s, tenant=t, vendor=v, device_id=i, last_contact=c),
         TENANTS,
         VENDORS,
         DEVICE_IDS,
         SERIALS,
+        CONTACTS,
     ),
     max_size=10,
 )
@@ -528,6 +591,19 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
         for key, r in latest.items()
         if r.status in (ComplianceStatus.NONCOMPLIANT, ComplianceStatus.MISSING_PROFILE)
     }
-    assert sorted(mdm_keys) == sorted(needing)
+    # each finding is in exactly one action: its own device's, or (named "<vendor>: …") the same
+    # Mac's in the MDM it last checked in with, and that action says why
+    assert len(mdm_keys) == len(needing)
+    vendors = tuple(f"{v.value}: " for v in Vendor)
+    for a in result.actions:
+        mdm = [r for r in a.reasons if r.source is ReasonSource.MDM]
+        own = [r for r in mdm if not r.detail.startswith(vendors)]
+        moved = [r for r in mdm if r.detail.startswith(vendors)]
+        assert len(own) <= 1
+        if own:
+            assert (a.tenant_id, a.vendor, a.device_id) in needing
+        for r in moved:
+            assert not r.detail.startswith(f"{a.vendor.value}: ")
+            assert f"acting through {a.vendor.value}" in a.route
     assert len(set(keys(result))) == len(result.actions)
     assert len({a.action_id for a in result.actions}) == len(result.actions)
