@@ -266,7 +266,10 @@ class Executor:
             vendor=action.vendor,
             device_id=action.device_id,
             action=action.kind,
-            reason="; ".join(reason.detail for reason in action.reasons),
+            reason="; ".join(
+                [reason.detail for reason in action.reasons]
+                + ([action.route] if action.route else [])
+            ),
             detail=detail,
             dry_run=not self.options.live,
             request=request,

@@ -76,6 +76,16 @@ class IntegrationStore:
         self._replace(integration)
         return integration
 
+    def disconnect(self, tenant_id: str, vendor: Vendor) -> Integration:
+        """Remove an integration and its credentials from the file (the customer should also
+        revoke the credential in the MDM: removing it here does not)."""
+        existing = self.get(tenant_id, vendor)
+        if existing is None:
+            raise IntegrationError(f"no {vendor.value} integration for tenant {tenant_id!r}")
+        others = [i for i in self.all() if (i.tenant_id, i.vendor) != (tenant_id, vendor)]
+        self._write([_dump(i) for i in others])
+        return existing
+
     def set_credential(
         self,
         tenant_id: str,

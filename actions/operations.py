@@ -158,6 +158,14 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"tenant {tenant!r} has no policy; publish one with `driftline policy set`"
         )
+    if not policy.managed_settings and not args.get("allow_empty"):
+        # Claude Code's profile replaces managed-settings.json: an empty one wipes the
+        # customer's settings on every Mac in scope.
+        raise ValueError(
+            f"the policy of tenant {tenant!r} has no managed_settings: pushing it would replace "
+            "the customer's Claude Code profile with an empty one; add managed_settings to the "
+            "policy, or pass --allow-empty if an empty profile is really meant"
+        )
     integrations = ctx.integrations.for_tenant(tenant)
     if not integrations:
         raise ValueError(f"tenant {tenant!r} has no MDM integration (driftline mdm connect)")
@@ -194,20 +202,26 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "tenant": tenant,
         "force_sync": synced,
         "entries": [
-            {**entry.__dict__, "vendor": entry.vendor.value, "at": entry.at.isoformat()}
+            {
+                **entry.__dict__,
+                "vendor": entry.vendor.value,
+                "at": entry.at.isoformat(),
+                "changes": list(entry.changes),
+            }
             for entry in entries
         ],
     }
 
 
-def _last_pushed(store: Client, tenant: str) -> dict[str, str]:
+def _last_pushed(store: Client, tenant: str) -> dict[str, tuple[str, str]]:
+    """Per vendor, the digest and payload file of the last complete push."""
     rows = query_dicts(
         store,
-        "SELECT vendor, argMax(digest, at) AS digest FROM policy_changelog "
+        "SELECT vendor, argMax((digest, payload_file), at) AS last FROM policy_changelog "
         "WHERE tenant_id = {tenant:String} AND outcome = 'pushed' GROUP BY vendor",
         {"tenant": tenant},
     )
-    return {row["vendor"]: row["digest"] for row in rows}
+    return {row["vendor"]: (row["last"][0], row["last"][1]) for row in rows}
 
 
 async def _force_sync_after_push(
@@ -273,8 +287,8 @@ async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[st
     rows = await asyncio.to_thread(
         query_dicts,
         ctx.store,
-        "SELECT tenant_id, vendor, device_id, serial_number, endpoint_id, synced_at, flags, "
-        "resolved_flags, remediated_at, time_to_remediate_s FROM remediation_outcomes "
+        "SELECT tenant_id, vendor, device_id, serial_number, endpoint_id, reason, synced_at, "
+        "flags, resolved_flags, remediated_at, time_to_remediate_s FROM remediation_outcomes "
         "WHERE ({tenant:Nullable(String)} IS NULL OR tenant_id = {tenant:Nullable(String)}) "
         "ORDER BY synced_at",
         {"tenant": args.get("tenant")},

@@ -133,7 +133,9 @@ class _Inventory:
         self.serials[key] = min(shown, self.serials.get(key, shown))
 
 
-def _index_inventory(inventory: Iterable[Device], records: Iterable[ComplianceRecord]) -> _Inventory:
+def _index_inventory(
+    inventory: Iterable[Device], records: Iterable[ComplianceRecord]
+) -> _Inventory:
     index = _Inventory()
     for device in inventory:
         index.add(device)
@@ -155,7 +157,9 @@ class Route:
 
 
 def _when(moment: datetime | None) -> str:
-    return "no check-in reported" if moment is None else f"last check-in {moment:%Y-%m-%d %H:%M:%S}Z"
+    return (
+        "no check-in reported" if moment is None else f"last check-in {moment:%Y-%m-%d %H:%M:%S}Z"
+    )
 
 
 def route(devices: set[DeviceKey], contact: Mapping[DeviceKey, datetime]) -> Route:
@@ -182,8 +186,10 @@ def route(devices: set[DeviceKey], contact: Mapping[DeviceKey, datetime]) -> Rou
     if len(newest) > 1:
         return Route(None, why=f"enrolled in {seen}: equal last check-ins, none to choose")
     (chosen,) = newest
-    return Route(chosen, note=f"enrolled in {seen}; acting through {chosen[1].value}, where it "
-                 "last checked in")
+    return Route(
+        chosen,
+        note=f"enrolled in {seen}; acting through {chosen[1].value}, where it last checked in",
+    )
 
 
 def _telemetry_reason(flag: DriftFlag) -> Reason:

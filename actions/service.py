@@ -24,7 +24,7 @@ from clickhouse_connect.driver.client import Client
 from actions import planner, profiles
 from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
 from actions.integrations import IntegrationStore
-from actions.mdm import Integration, MdmClient, MdmError
+from actions.mdm import Integration, MdmClient, MdmError, PartialFailure
 from schemas.messages import DriftFlag, FlagKind, FlagState, aware
 from schemas.policy import TenantPolicy
 from schemas.remediation import (
@@ -95,9 +95,10 @@ def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
     rows = query_dicts(
         client,
         "SELECT tenant_id, vendor, device_id, latest.1 AS serial_number, latest.2 AS status, "
-        "latest.3 AS reason, latest.4 AS reported_at, latest.5 AS imported_at FROM ("
+        "latest.3 AS reason, latest.4 AS reported_at, latest.5 AS imported_at, "
+        "latest.6 AS last_contact FROM ("
         "SELECT tenant_id, vendor, device_id, argMax((serial_number, status, reason, "
-        "reported_at, imported_at), (reported_at, imported_at)) AS latest "
+        "reported_at, imported_at, last_contact), (reported_at, imported_at)) AS latest "
         "FROM compliance_records WHERE tenant_id = {tenant:String} "
         "GROUP BY tenant_id, vendor, device_id)",
         {"tenant": tenant},
@@ -112,6 +113,7 @@ def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
             reason=row["reason"],
             reported_at=aware(row["reported_at"]),
             imported_at=aware(row["imported_at"]),
+            last_contact=aware(row["last_contact"]) if row["last_contact"] else None,
         )
         for row in rows
     ]
@@ -242,6 +244,7 @@ class Remediation:
                 vendor=r.vendor,
                 device_id=r.device_id,
                 serial_number=r.serial_number,
+                last_contact=r.last_contact,
             )
             for r in compliance
             if r.serial_number
@@ -312,14 +315,22 @@ class Remediation:
         for integration in self.integrations.for_tenant(tenant):
             if integration.current is None:
                 continue
-            client = self.client_for(integration)
+            client: MdmClient | None = None
             try:
+                client = self.client_for(integration)  # a bad setting raises here: this MDM only
                 records = await client.compliance(self.clock())
-            except (MdmError, ValueError) as error:
+            except Exception as error:  # one MDM failing never stops the others
+                log.warning(
+                    "compliance pull from %s for %s failed",
+                    integration.vendor.value,
+                    tenant,
+                    exc_info=not isinstance(error, MdmError | ValueError),
+                )
                 errors[integration.vendor] = f"{type(error).__name__}: {error}"
                 continue
             finally:
-                await client.aclose()
+                if client is not None:
+                    await client.aclose()
             await store(records)
             counts[integration.vendor] = len(records)
         return counts, errors
@@ -340,14 +351,17 @@ class PushEntry:
     vendor: Vendor
     policy_version: int
     digest: str
-    outcome: str  # pushed | unchanged | republish_required | failed | dry_run
+    outcome: str  # pushed | unchanged | republish_required | failed | partial | dry_run
     detail: str
     payload_file: str
     at: datetime
+    changes: tuple[str, ...] = ()  # against the payload this integration last received
 
 
-def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path]:
-    payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings)
+def write_payload(
+    policy: TenantPolicy, out_dir: Path, identifier: str | None = None
+) -> tuple[bytes, str, Path]:
+    payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings, identifier)
     digest = profiles.digest(payload)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{policy.tenant}-{digest[:12]}.mobileconfig"
@@ -355,11 +369,21 @@ def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path
     return payload, digest, path
 
 
+def pushed_settings(payload_file: str | None) -> dict[str, Any] | None:
+    """The managed settings of a payload pushed before (None: never pushed, or file gone)."""
+    if not payload_file:
+        return None
+    try:
+        return profiles.read_settings(Path(payload_file).read_bytes())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 async def push_policy(
     policy: TenantPolicy,
     integrations: list[Integration],
     out_dir: Path,
-    last_pushed: Callable[[Vendor], str | None],
+    last_pushed: Callable[[Vendor], tuple[str, str] | None],
     *,
     live: bool,
     client_for: Callable[[Integration], MdmClient] = client_for,
@@ -368,27 +392,47 @@ async def push_policy(
     """Render the tenant's managed settings and update each MDM's profile where it changed.
 
     The payload file is always written (``out_dir/<tenant>-<digest12>.mobileconfig``): it is
-    what an admin uploads by hand for a push-only integration ("republish required").
-    ``last_pushed(vendor)`` is the digest that integration last received: equal means nothing to
-    push.
+    what an admin uploads by hand for a push-only integration ("republish required"). Each
+    integration gets its profile's own PayloadIdentifier (an adopted profile keeps its own).
+    ``last_pushed(vendor)`` is (digest, payload file) that integration last received: an equal
+    digest means nothing to push; the file gives the changes this push makes.
+    A change that stops part-way (Iru: the profile updated, its blueprint assignment refused)
+    is ``partial``, with the steps that succeeded.
     """
-    payload, digest, path = await asyncio.to_thread(write_payload, policy, out_dir)
     entries = []
-
-    def entry(integration: Integration, outcome: str, detail: str) -> PushEntry:
-        return PushEntry(
-            policy.tenant,
-            integration.vendor,
-            policy.version,
-            digest,
-            outcome,
-            detail,
-            str(path),
-            now,
+    for integration in integrations:
+        payload, digest, path = await asyncio.to_thread(
+            write_payload, policy, out_dir, integration.payload_identifier
+        )
+        before = last_pushed(integration.vendor)
+        changes = tuple(
+            profiles.settings_diff(
+                await asyncio.to_thread(pushed_settings, before[1] if before else None),
+                policy.managed_settings,
+            )
         )
 
-    for integration in integrations:
-        if last_pushed(integration.vendor) == digest:
+        def entry(
+            integration: Integration,
+            outcome: str,
+            detail: str,
+            digest: str = digest,
+            path: Path = path,
+            changes: tuple[str, ...] = changes,
+        ) -> PushEntry:
+            return PushEntry(
+                policy.tenant,
+                integration.vendor,
+                policy.version,
+                digest,
+                outcome,
+                detail,
+                str(path),
+                now,
+                changes,
+            )
+
+        if before is not None and before[0] == digest:
             entries.append(entry(integration, "unchanged", "the profile already has this payload"))
             continue
         if integration.current is None or integration.profile_id is None:
@@ -413,6 +457,8 @@ async def push_policy(
             if sent.credential == "previous":
                 detail += "; previous credential (in grace) used"
             entries.append(entry(integration, "pushed", detail))
+        except PartialFailure as partial:
+            entries.append(entry(integration, "partial", str(partial)))
         except MdmError as error:
             entries.append(entry(integration, "failed", f"{type(error).__name__}: {error}"))
         finally:

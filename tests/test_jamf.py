@@ -360,10 +360,10 @@ async def test_serial_lookup_pages_when_a_serial_repeats(jamf: JamfEmulator) -> 
 async def test_compliance_missing_vs_installed(jamf: JamfEmulator) -> None:
     installed = jamf.add_computer(
         "C02OK",
-        profiles=["com.example.wifi", "com.anthropic.claudecode"],
+        profiles=["com.example.wifi", "com.driftline.acme.claudecode"],
         report_date="2025-03-01T10:15:00.123Z",
     )
-    missing = jamf.add_computer("C02MISS", profiles=["com.anthropic.claudecode.old"])
+    missing = jamf.add_computer("C02MISS", profiles=["com.driftline.acme.claudecode.old"])
     jamf.add_computer("C02NOMDM", managed=False, profiles=[])
     imported_at = datetime(2025, 3, 2, tzinfo=UTC)
     async with make(jamf) as jc:
@@ -376,7 +376,7 @@ async def test_compliance_missing_vs_installed(jamf: JamfEmulator) -> None:
     assert ok.imported_at == imported_at
     gap = records[str(missing.management_id)]
     assert gap.status is ComplianceStatus.MISSING_PROFILE
-    assert "com.anthropic.claudecode" in gap.reason
+    assert "com.driftline.acme.claudecode" in gap.reason
     assert gap.reported_at == imported_at  # no report date: the import time stands in
     query = parse_qs(jamf.calls("GET", V4)[0].query)
     assert query["section"] == ["GENERAL", "HARDWARE", "CONFIGURATION_PROFILES"]

@@ -202,7 +202,10 @@ def test_one_known_check_in_beats_none_and_a_tie_is_reported() -> None:
     known = [device(), device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0)]
     (action,) = plan([flag()], {"acme/e1": "C02X"}, [], known).actions
     assert action.vendor is Vendor.IRU
-    tie = [device(last_contact=T0), device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0)]
+    tie = [
+        device(last_contact=T0),
+        device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0),
+    ]
     result = plan([flag()], {"acme/e1": "C02X"}, [], tie)
     assert result.actions == ()
     assert "equal last check-ins" in result.unresolvable[0].why
@@ -602,8 +605,8 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
         assert len(own) <= 1
         if own:
             assert (a.tenant_id, a.vendor, a.device_id) in needing
-        for r in moved:
-            assert not r.detail.startswith(f"{a.vendor.value}: ")
+        for finding in moved:
+            assert not finding.detail.startswith(f"{a.vendor.value}: ")
             assert f"acting through {a.vendor.value}" in a.route
     assert len(set(keys(result))) == len(result.actions)
     assert len({a.action_id for a in result.actions}) == len(result.actions)
