@@ -265,6 +265,11 @@ class IntuneClient:
                 unmatched,
             )
 
+    async def probe(self) -> Sent:
+        params = {"$top": "1", "$select": "id"}
+        _, sent = await self.session.request("GET", MANAGED_DEVICES, params=params)
+        return sent
+
     # --- writes ---------------------------------------------------------------------------
 
     async def force_sync(self, device_id: str) -> Sent:

@@ -228,6 +228,10 @@ class IruClient:
         """Every device not marked removed; 10,000 devices cost 34 requests."""
         return [self._device(raw) async for raw in self._pages() if not raw.get("is_removed")]
 
+    async def probe(self) -> Sent:
+        _, sent = await self.session.request("GET", DEVICES, params={"limit": 1, "offset": 0})
+        return sent
+
     # --- compliance ---------------------------------------------------------------------
 
     async def compliance(

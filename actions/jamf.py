@@ -252,6 +252,12 @@ class JamfClient:
             )
         return out
 
+    async def probe(self) -> Sent:
+        path = await self.inventory_path()
+        params = [("section", "GENERAL"), ("page", 0), ("page-size", 1)]
+        _, sent = await self.session.request("GET", path, params=params)
+        return sent
+
     # --- writes ---------------------------------------------------------------------------
 
     async def force_sync(self, device_id: str) -> Sent:

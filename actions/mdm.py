@@ -629,4 +629,7 @@ class MdmClient(Protocol):
     async def update_profile(self, name: str, mobileconfig: bytes) -> Sent:
         """Replace the Claude Code profile's payload so devices in scope reinstall it."""
 
+    async def probe(self) -> Sent:
+        """One small read of the inventory: does the credential work and can it read?"""
+
     async def aclose(self) -> None: ...

@@ -260,6 +260,7 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
         data = ["--data", str(tmp_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         connect = ["mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--force-sync"]
+        connect.append("--allow-http-loopback")  # the emulator
         subprocess.run([*cli, *connect, "--base-url", emulator.url, *data], check=True, env=env)
         subprocess.run(
             [*cli, "mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru", *data],
