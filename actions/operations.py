@@ -20,7 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from actions import compliance_csv, planner
-from actions.executor import Executor, ExecutorOptions
+from actions.executor import Decision, Executor, ExecutorOptions, Progress, needs_confirmation
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
 from actions.schedule import Schedule
@@ -64,6 +64,7 @@ class Context:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     client_for: Callable[[Integration], MdmClient] = client_for
     lookups: Lookups = field(default_factory=Lookups)  # kept across passes of one process
+    progress: Progress | None = None  # a progress bar, when a terminal watches
 
     def kill_switch(self) -> Path:
         return self.data / "actions.disabled"
@@ -92,23 +93,55 @@ def executor_options(ctx: Context, args: dict[str, Any]) -> ExecutorOptions:
     )
 
 
+CONFIRM_OVER = 10  # a command-line live run acting on more devices waits for --yes
+
+
+def _has_acted(store: Client, tenant: str) -> bool:
+    rows = query_dicts(
+        store,
+        "SELECT count() AS n FROM remediation_audit WHERE tenant_id = {tenant:String} "
+        "AND NOT dry_run AND state IN ('sent', 'succeeded', 'failed')",
+        {"tenant": tenant},
+    )
+    return bool(rows and rows[0]["n"])
+
+
 async def actions_run(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Plan and (with live) act for one tenant; the plan, every decision and the counts."""
+    """Plan and (with live) act for one tenant; the plan, every decision and the counts.
+
+    With ``confirm`` (the command line sets it), a live run without ``yes`` is held, untouched,
+    when it is the tenant's first or would act on more than ``confirm_over`` devices: the
+    result then carries the plan's size by reason and ``held`` (why). The background loop does
+    not ask; its device cap (``max_devices``) still applies.
+    """
     tenant = str(args["tenant"])
+    options = executor_options(ctx, args)
     remediation = Remediation(
         ctx.store,
         ctx.integrations,
-        executor_options(ctx, args),
+        options,
         ctx.audit,
         client_for=ctx.client_for,
         clock=ctx.clock,
         lookups=ctx.lookups,
+        progress=ctx.progress,
     )
-    outcome = await remediation.run(tenant)
+    confirm = None
+    if options.live and args.get("confirm") and not args.get("yes"):
+        first_live = not await asyncio.to_thread(_has_acted, ctx.store, tenant)
+        threshold = int(args.get("confirm_over") or CONFIRM_OVER)
+
+        def confirm(plan: Plan, decisions: list[Decision]) -> str | None:
+            return needs_confirmation(decisions, threshold=threshold, first_live=first_live)
+
+    outcome = await remediation.run(tenant, confirm)
     await ctx.writer.flush()
     report = outcome.report
     return {
         "tenant": tenant,
+        "held": outcome.held,
+        "devices": len(outcome.plan.actions),
+        "summary": planner.summarize(outcome.plan.actions),
         "dry_run": report.dry_run,
         "counts": {
             "planned": report.planned,
@@ -304,7 +337,60 @@ async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[st
     return rows
 
 
+async def actions_log(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audit: every planned, sent, succeeded, failed and skipped step of one tenant,
+    oldest first; ``device`` matches an MDM device id, a serial or an endpoint id; ``since`` is
+    a duration back from now (``24h``) or an ISO time."""
+    tenant = str(args["tenant"])
+    since = _since(args.get("since"), ctx.clock())
+    device = str(args.get("device") or "").strip()
+    rows = await asyncio.to_thread(
+        query_dicts,
+        ctx.store,
+        "SELECT at, action_id, attempt, state, dry_run, vendor, device_id, serial_number, "
+        "endpoint_id, action, reason, detail, request, response_status "
+        "FROM remediation_audit FINAL WHERE tenant_id = {tenant:String} "
+        "AND at >= {since:DateTime64(3, 'UTC')} AND ({device:String} = '' "
+        "OR device_id = {device:String} OR endpoint_id = {device:String} "
+        "OR lower(ifNull(serial_number, '')) = lower({device:String})) "
+        "ORDER BY at, action_id, attempt, "
+        "indexOf(['planned', 'sent', 'succeeded', 'failed', 'skipped'], state)",
+        {"tenant": tenant, "since": since, "device": device},
+    )
+    if not rows and not ctx.integrations.for_tenant(tenant):
+        known = await asyncio.to_thread(_has_audit, ctx.store, tenant)
+        if not known:
+            raise ValueError(f"tenant {tenant!r} has no MDM integration and no audit")
+    for row in rows:
+        row["at"] = aware(row["at"]).isoformat()
+    return rows
+
+
+def _has_audit(store: Client, tenant: str) -> bool:
+    rows = query_dicts(
+        store,
+        "SELECT count() AS n FROM remediation_audit WHERE tenant_id = {tenant:String}",
+        {"tenant": tenant},
+    )
+    return bool(rows and rows[0]["n"])
+
+
+def _since(value: object, now: datetime) -> datetime:
+    if value is None or value == "":
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    text = str(value).strip()
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: a duration (24h, 7d) or an ISO time") from None
+
+
 OPERATIONS: dict[str, Operation] = {
+    "actions-log": actions_log,
     "actions-run": actions_run,
     "mdm-import": mdm_import,
     "mdm-pull": mdm_pull,

@@ -338,6 +338,28 @@ def plan(
     )
 
 
+def reason_label(reason: Reason) -> str:
+    """A reason's category, for counting a plan: ``drift: outdated_client``, ``MDM:
+    missing_profile``, ``policy push``."""
+    if reason.source is ReasonSource.TELEMETRY:
+        return f"drift: {reason.detail.split(':', 1)[0]}"
+    if reason.source is ReasonSource.MDM:
+        detail = reason.detail
+        for vendor in Vendor:  # a finding moved from another MDM keeps its vendor's name
+            detail = detail.removeprefix(f"{vendor.value}: ")
+        return f"MDM: {detail.split(':', 1)[0]}"
+    return "policy push"
+
+
+def summarize(actions: Iterable[PlannedAction]) -> dict[str, int]:
+    """Devices per reason category, most first (a device with two reasons counts in both)."""
+    counts: dict[str, int] = defaultdict(int)
+    for action in actions:
+        for label in {reason_label(r) for r in action.reasons}:
+            counts[label] += 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _action(
     key: DeviceKey,
     reasons: Mapping[Reason, str],

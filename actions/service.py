@@ -23,7 +23,17 @@ import httpx
 from clickhouse_connect.driver.client import Client
 
 from actions import planner, profiles
-from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
+from actions.executor import (
+    AuditSink,
+    Decision,
+    Executor,
+    ExecutorOptions,
+    History,
+    Past,
+    Progress,
+    RunReport,
+    gate,
+)
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, MdmError, PartialFailure
 from schemas.messages import DriftFlag, FlagKind, FlagState, aware
@@ -233,6 +243,11 @@ class Outcome:
     tenant_id: str
     plan: Plan
     report: RunReport
+    held: str = ""  # why nothing was done: the run waits for a confirmation
+
+
+Confirm = Callable[[Plan, list[Decision]], str | None]
+"""Given the plan and the gate's decisions: why to hold the run for confirmation, or None."""
 
 
 class Remediation:
@@ -248,7 +263,9 @@ class Remediation:
         client_for: Callable[[Integration], MdmClient] = client_for,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lookups: Lookups | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        self.progress = progress
         self.lookups = lookups or Lookups()
         self.store = store
         self.integrations = integrations
@@ -257,8 +274,12 @@ class Remediation:
         self.client_for = client_for
         self.clock = clock
 
-    async def run(self, tenant: str) -> Outcome:
-        """Plan from the store's current picture and carry it out (dry-run unless live)."""
+    async def run(self, tenant: str, confirm: Confirm | None = None) -> Outcome:
+        """Plan from the store's current picture and carry it out (dry-run unless live).
+
+        ``confirm`` sees the plan and the gate's decisions first; a reason from it holds the
+        run: nothing is sent or audited, and the outcome says why.
+        """
         now = self.clock()
         flags, serials, compliance, history = await asyncio.to_thread(self._load, tenant, now)
         integrations = {(i.tenant_id, i.vendor): i for i in self.integrations.for_tenant(tenant)}
@@ -273,8 +294,13 @@ class Remediation:
                 if planner.normalize_serial(serials.get(f.endpoint_id)) not in waiting
             ]
         plan = planner.plan(flags, serials, compliance, inventory)
-        executor = Executor(self.audit, self.client_for, self.options, self.clock)
-        report = await executor.execute(plan, history, integrations)
+        decisions = gate(
+            plan, history, integrations, self.options, self.clock(), self.options.killed()
+        )
+        if confirm is not None and (held := confirm(plan, decisions)):
+            return Outcome(tenant, plan, RunReport(dry_run=not self.options.live), held)
+        executor = Executor(self.audit, self.client_for, self.options, self.clock, self.progress)
+        report = await executor.execute(plan, history, integrations, decisions)
         return Outcome(tenant, plan, report)
 
     def _load(
@@ -369,7 +395,10 @@ class Remediation:
         """
         counts: dict[Vendor, int] = {}
         errors: dict[Vendor, str] = {}
-        for integration in self.integrations.for_tenant(tenant):
+        found = [i for i in self.integrations.for_tenant(tenant) if i.current is not None]
+        for number, integration in enumerate(found):
+            if self.progress is not None:
+                self.progress(f"pull {integration.vendor.value}", number, len(found))
             if integration.current is None:
                 continue
             client: MdmClient | None = None
@@ -390,6 +419,8 @@ class Remediation:
                     await client.aclose()
             await store(records)
             counts[integration.vendor] = len(records)
+        if self.progress is not None and found:
+            self.progress("pull", len(found), len(found))
         return counts, errors
 
 

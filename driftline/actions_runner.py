@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 import store
 from actions import operations
+from actions.executor import Progress
 from actions.integrations import IntegrationStore
 from bus import KafkaBus, KafkaOptions
 from driftline.ingest_runner import until_signalled
@@ -93,7 +94,12 @@ async def serve(settings: Settings, dsn: str, group: str, settle: float = 2.0) -
 
 
 async def run_local(
-    dsn: str, data: Path, integrations: Path, name: str, args: dict[str, Any]
+    dsn: str,
+    data: Path,
+    integrations: Path,
+    name: str,
+    args: dict[str, Any],
+    progress: Progress | None = None,
 ) -> Any:
     """Run one operation in this process, owning the store for its duration."""
     client = await asyncio.to_thread(store.connect, dsn)
@@ -108,6 +114,7 @@ async def run_local(
                 data=data,
                 integrations=IntegrationStore(integrations),
                 policies=PolicyDirectory(data / "policies").get,
+                progress=progress,
             )
             return await operations.run_operation(ctx, name, args)
     finally:

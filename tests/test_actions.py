@@ -275,7 +275,7 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
             check=True,
             env=env,
         )
-        run = [*cli, "actions", "run", "--tenant", "acme", "--live", *data]
+        run = [*cli, "actions", "run", "--tenant", "acme", "--live", "--yes", *data]
         process = await asyncio.create_subprocess_exec(
             *run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -23,6 +23,7 @@ from actions.mdm import Credential, Integration, MdmClient, RetryPolicy
 from actions.service import client_for
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
+from store import queries
 from tests.emulators.intune import READ_DEVICES, SYNC_DEVICES, WRITE_CONFIG, IntuneEmulator
 from tests.emulators.iru import IruEmulator
 from tests.emulators.jamf import ALL_PRIVILEGES, JamfEmulator
@@ -172,6 +173,14 @@ async def test_compliance_driven_actions_show_in_the_closed_loop_with_their_reas
     )
     assert row["reason"] == "missing_profile: profile com.driftline.acme.claudecode not installed"
     assert row["endpoint_id"] == ""
+
+    # `driftline endpoint` of the laptop with that serial shows the action and why
+    snapshot, _ = outdated_laptop("C02MDM", T0, version="2.0.12")
+    await estate.ctx.writer.add_durably([snapshot])
+    history = queries.endpoint_history(estate.ctx.store, "acme", "acme/C02MDM")
+    assert [(a["vendor"], a["last_state"], a["reason"]) for a in history["actions"]] == [
+        ("jamf", "succeeded", row["reason"])
+    ]
 
     mac.profiles.append("com.driftline.acme.claudecode")
     mac.report_date = datetime.now(UTC).isoformat().replace("+00:00", "Z")

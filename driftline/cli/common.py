@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,29 @@ def query(args: argparse.Namespace, path: str, params: dict[str, str | None]) ->
         client.close()
 
 
+@contextmanager
+def terminal_progress() -> Iterator[Any]:
+    """A progress callback ``(what, done, total)`` drawing a bar on a terminal (stderr); None
+    when stderr is not a terminal, so pipes and logs stay quiet. rich is imported only then."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(what: str, done: int, total: int) -> None:
+            key = what.split(" ", 1)[0]
+            if key not in tasks:
+                tasks[key] = bar.add_task(what, total=total)
+            bar.update(tasks[key], description=what, completed=done, total=total)
+
+        yield advance
+
+
 def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     """Run a store-backed operation here, or in the `driftline run` that holds the store."""
     import asyncio
@@ -105,9 +131,12 @@ def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
         response.raise_for_status()
         return response.json()
     dsn = clickhouse or f"chdb://{embedded.store_path(settings.data).resolve()}"
-    return asyncio.run(
-        actions_runner.run_local(dsn, settings.data, settings.integrations_file, name, params)
-    )
+    with terminal_progress() as progress:
+        return asyncio.run(
+            actions_runner.run_local(
+                dsn, settings.data, settings.integrations_file, name, params, progress
+            )
+        )
 
 
 def policies_of(settings: Settings) -> Any:

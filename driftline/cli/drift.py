@@ -61,6 +61,13 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
     print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])
     print("\nrejected requests:")
     print_table(history["rejections"], ["observed_at", "reason", "token_id", "source"])
+    print("\nremediation (flags and MDM reports; `driftline actions log` for every step):")
+    for action in history.get("actions", []):
+        action["mode"] = "dry-run" if action["dry_run"] else "live"
+    print_table(
+        history.get("actions", []),
+        ["last_at", "mode", "last_state", "vendor", "device_id", "reason"],
+    )
     return 0
 
 
