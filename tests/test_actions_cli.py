@@ -45,10 +45,10 @@ def test_live_runs_are_held_for_yes_and_every_step_is_in_the_log(
     tmp_path: Path, iru: tuple[IruEmulator, Served]
 ) -> None:
     emulator, served = iru
-    first = {
-        f"C02H{n:02}": served.call(lambda n=n: emulator.add_device(f"C02H{n:02}")["device_id"])
-        for n in range(3)
-    }
+    def enrol(serial: str) -> str:
+        return str(served.call(lambda: emulator.add_device(serial)["device_id"]))
+
+    first = {f"C02H{n:02}": enrol(f"C02H{n:02}") for n in range(3)}
     token = served.call(lambda: emulator.mint_token(emulator.all_privileges))
     connect = cli(
         tmp_path, "mdm", "connect", "--tenant", "acme", "--vendor", "iru",
@@ -73,10 +73,7 @@ def test_live_runs_are_held_for_yes_and_every_step_is_in_the_log(
     assert go.returncode == 0, go.stderr
     assert sorted(served.call(lambda: list(emulator.blank_pushes))) == sorted(first.values())
 
-    more = {
-        f"C02M{n:02}": served.call(lambda n=n: emulator.add_device(f"C02M{n:02}")["device_id"])
-        for n in range(4)
-    }
+    more = {f"C02M{n:02}": enrol(f"C02M{n:02}") for n in range(4)}
     import_failed(tmp_path, more)
     big = cli(tmp_path, "actions", "run", "--tenant", "acme", "--live", "--confirm-over", "3")
     assert big.returncode == 4 and "4 devices to act on, more than 3" in big.stderr
