@@ -45,6 +45,7 @@ def test_live_runs_are_held_for_yes_and_every_step_is_in_the_log(
     tmp_path: Path, iru: tuple[IruEmulator, Served]
 ) -> None:
     emulator, served = iru
+
     def enrol(serial: str) -> str:
         return str(served.call(lambda: emulator.add_device(serial)["device_id"]))
 
