@@ -389,6 +389,18 @@ def _since(value: object, now: datetime) -> datetime:
         raise ValueError(f"--since {text!r}: a duration (24h, 7d) or an ISO time") from None
 
 
+async def token_usage(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per endpoint and ingest token id, the first and last accepted request (for `driftline
+    tokens usage`, which knows from the token registry which ids are retiring)."""
+    from store import queries
+
+    rows = await asyncio.to_thread(queries.endpoint_tokens, ctx.store, str(args["tenant"]))
+    for row in rows:
+        row["first_seen"] = aware(row["first_seen"]).isoformat()
+        row["last_seen"] = aware(row["last_seen"]).isoformat()
+    return rows
+
+
 OPERATIONS: dict[str, Operation] = {
     "actions-log": actions_log,
     "actions-run": actions_run,
@@ -396,6 +408,7 @@ OPERATIONS: dict[str, Operation] = {
     "mdm-pull": mdm_pull,
     "policy-push": policy_push,
     "remediation": remediation_status,
+    "token-usage": token_usage,
 }
 
 

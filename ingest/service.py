@@ -108,6 +108,7 @@ class IngestService:
             self._clock(),
             self.options.identity_attributes,
             self.options.limits,
+            token_id=grant.token_id,  # which token, for `tokens usage` (never the token)
         )
         if extraction.errors:
             metrics.rejects("invalid_resource").inc(len(extraction.errors))

@@ -198,6 +198,7 @@ def extract(
     received_at: datetime,
     identity_attributes: Sequence[str] = DEFAULT_IDENTITY_ATTRIBUTES,
     limits: Limits = Limits(),
+    token_id: str | None = None,
 ) -> Extraction:
     signal = signal_of(request)
     wanted = _record_keys(tuple(identity_attributes))
@@ -240,6 +241,7 @@ def extract(
                 signal=signal,
                 observed_at=_nanos_to_datetime(nanos) if nanos else received_at,
                 received_at=received_at,
+                token_id=token_id,
             )
         )
     return Extraction(snapshots, rejected, errors)

@@ -114,3 +114,14 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
         "rejections": rejections,
         "actions": actions,
     }
+
+
+def endpoint_tokens(client: Client, tenant: str) -> list[dict[str, Any]]:
+    """Per endpoint of the tenant and ingest token id: first and last accepted request."""
+    return query_dicts(
+        client,
+        "SELECT endpoint_id, token_id, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        "FROM endpoint_tokens WHERE tenant_id = {tenant:String} "
+        "GROUP BY endpoint_id, token_id ORDER BY endpoint_id, last_seen",
+        {"tenant": tenant},
+    )
