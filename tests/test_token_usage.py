@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ingest.tokens import TokenStore
 from tests.support.embedded import Run, until
@@ -38,9 +39,9 @@ def test_usage_lists_the_laptops_still_on_the_retiring_token(tmp_path: Path) -> 
         assert new.startswith("dlt_") and new != old
         assert export_metrics("grpc", grpc, new, claude_resource("C02NEW", "web"), "2.0.12")
 
-        def report() -> dict[str, list[dict[str, str]]]:
+        def report() -> dict[str, Any]:
             out = run.cli("tokens", "usage", "--tenant", "acme", "--json")
-            result: dict[str, list[dict[str, str]]] = json.loads(out)
+            result: dict[str, Any] = json.loads(out)
             return result
 
         until(lambda: [e["endpoint_id"] for e in report()["endpoints"]] == ["acme/C02OLD"])
