@@ -41,8 +41,8 @@ def _remediation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
-    print_table(rows, [*columns, "remediated_at", "time_to_remediate_s"])
+    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "reason"]
+    print_table(rows, [*columns, "synced_at", "remediated_at", "time_to_remediate_s"])
     return 0
 
 
@@ -89,7 +89,8 @@ def add_commands(commands: Any) -> None:
     drift.add_argument(
         "--remediation",
         action="store_true",
-        help="force-synced devices instead: pending, remediated (time to remediate) or stuck",
+        help="force-synced devices instead (for drift or an MDM's own report, with the reason): "
+        "pending, remediated (time to remediate) or stuck",
     )
     drift.add_argument("--stuck-after", default="24h", help="with --remediation (default 24h)")
     drift.set_defaults(func=_cmd_drift)
