@@ -261,9 +261,12 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         connect = ["mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--force-sync"]
         connect.append("--allow-http-loopback")  # the emulator
+        # --no-test: this loop serves the emulator, and subprocess.run blocks it
+        credentials = ["mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru"]
+        credentials.append("--no-test")
         subprocess.run([*cli, *connect, "--base-url", emulator.url, *data], check=True, env=env)
         subprocess.run(
-            [*cli, "mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru", *data],
+            [*cli, *credentials, *data],
             input=token.encode(),
             check=True,
             env=env,

@@ -5,6 +5,8 @@ for --yes when it is the tenant's first or larger than --confirm-over, and the a
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,3 +111,78 @@ def test_live_runs_are_held_for_yes_and_every_step_is_in_the_log(
     assert bad.returncode == 2 and "a duration (24h, 7d) or an ISO time" in bad.stderr
     unknown = cli(tmp_path, "actions", "log", "--tenant", "nobody")
     assert unknown.returncode == 2 and "no MDM integration and no audit" in unknown.stderr
+
+
+def test_a_live_run_draws_progress_on_a_terminal_and_stays_quiet_in_a_pipe(
+    tmp_path: Path, iru: tuple[IruEmulator, Served]
+) -> None:
+    emulator, served = iru
+
+    def enrol(serial: str) -> str:
+        return str(served.call(lambda: emulator.add_device(serial)["device_id"]))
+
+    devices = {f"C02T{n}": enrol(f"C02T{n}") for n in range(3)}
+    token = served.call(lambda: emulator.mint_token(emulator.all_privileges))
+    connect = ["mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--force-sync"]
+    assert (
+        cli(tmp_path, *connect, "--base-url", emulator.url, "--allow-http-loopback").returncode == 0
+    )
+    cred = ["mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru", "--no-test"]
+    assert cli(tmp_path, *cred, stdin=token).returncode == 0
+    import_failed(tmp_path, devices)
+
+    piped = cli(tmp_path, "actions", "run", "--tenant", "acme", "--live", "--yes")
+    assert piped.returncode == 0 and "force-sync" not in piped.stderr + piped.stdout
+
+    import_failed(tmp_path, {"C02T9": enrol("C02T9")})
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "driftline.cli", "actions", "run", "--tenant", "acme",
+             "--live", "--yes", "--data", str(tmp_path)],
+            stdout=subprocess.PIPE, stderr=terminal, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        assert process.wait(timeout=120) == 0
+    finally:
+        os.close(controller)
+    assert b"force-sync" in drawn and b"1/1" in drawn
+
+
+def test_policy_push_exit_statuses_empty_refused_and_partial(
+    tmp_path: Path, iru: tuple[IruEmulator, Served]
+) -> None:
+    emulator, served = iru
+    served.call(lambda: emulator.add_profile("li-claude"))
+    served.call(lambda: emulator.add_blueprint("bp-1"))
+    assign = "POST /api/v1/blueprints/{blueprint_id}/assign-library-item"
+    token = served.call(lambda: emulator.mint_token(emulator.all_privileges - {assign}))
+    connect = cli(
+        tmp_path, "mdm", "connect", "--tenant", "acme", "--vendor", "iru",
+        "--base-url", emulator.url, "--allow-http-loopback",
+        "--profile-id", "li-claude", "--blueprint-id", "bp-1",
+    )  # fmt: skip
+    assert connect.returncode == 0, connect.stderr
+    cred = ["mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru"]
+    assert cli(tmp_path, *cred, stdin=token).returncode == 0
+    (tmp_path / "empty.yaml").write_text("tenant: acme\n")
+    assert cli(tmp_path, "policy", "set", str(tmp_path / "empty.yaml")).returncode == 0
+    empty = cli(tmp_path, "policy", "push", "--tenant", "acme", "--live")
+    assert empty.returncode == 2 and "--allow-empty" in empty.stderr
+    assert served.call(lambda: emulator.profiles["li-claude"]["file"]) == b""
+
+    (tmp_path / "policy.yaml").write_text("tenant: acme\nmanaged_settings:\n  env:\n    A: '1'\n")
+    assert cli(tmp_path, "policy", "set", str(tmp_path / "policy.yaml")).returncode == 0
+    partial = cli(tmp_path, "policy", "push", "--tenant", "acme", "--live")
+    assert partial.returncode == 3, partial.stderr
+    assert "+ env.A = '1'" in partial.stdout
+    assert "partial" in partial.stdout and "-> 200 succeeded, then Forbidden" in partial.stdout

@@ -103,6 +103,8 @@ def _cmd_mdm_credentials_set(args: argparse.Namespace) -> int:
     vendor = Vendor(args.vendor)
     now = datetime.now(UTC)
     existing = store.get(args.tenant, vendor)
+    if vendor in (Vendor.JAMF, Vendor.INTUNE) and not args.client_id:
+        raise IntegrationError(f"{vendor.value} credentials need a client id (--client-id)")
     if existing is not None and secret.strip() and not args.no_test:
         candidate = existing.model_copy(
             update={
