@@ -20,6 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from actions import compliance_csv, planner
+from actions.clients import client_for
 from actions.executor import Decision, Executor, ExecutorOptions, Progress, needs_confirmation
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
@@ -29,7 +30,6 @@ from actions.service import (
     PushEntry,
     Remediation,
     action_history,
-    client_for,
     push_policy,
 )
 from bus import Bus, Record

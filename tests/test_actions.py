@@ -24,11 +24,12 @@ from aiohttp import web
 
 import store
 from actions import operations
+from actions.clients import client_for
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
 from actions.schedule import Schedule
-from actions.service import Lookups, client_for
+from actions.service import Lookups
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from tests.emulators.base import Fault

@@ -17,10 +17,10 @@ from pydantic import SecretStr
 
 import store
 from actions import operations
+from actions.clients import client_for
 from actions.integrations import IntegrationStore
 from actions.intune import IntuneClient
 from actions.mdm import Credential, Integration, MdmClient, RetryPolicy
-from actions.service import client_for
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from store import queries

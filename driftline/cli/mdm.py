@@ -22,7 +22,7 @@ def _run_checks(integrations: list[Any]) -> bool:
     """`mdm test` for each integration; prints every step; True when all passed."""
     import asyncio
 
-    from actions.service import check_integration
+    from actions.clients import check_integration
 
     async def run() -> list[Any]:
         return [check for i in integrations for check in await check_integration(i)]
@@ -189,7 +189,7 @@ def _cmd_mdm_list(args: argparse.Namespace) -> int:
 def _cmd_mdm_show(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from actions.service import allowed_routes
+    from actions.clients import allowed_routes
     from schemas.remediation import Vendor
 
     integration = _integrations(args).get(args.tenant, Vendor(args.vendor))
