@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actions.planner import NO_SERIAL, NOT_ENROLLED, action_id, normalize_serial, plan
+from actions.planner import (
+    NO_SERIAL,
+    NOT_ENROLLED,
+    action_id,
+    normalize_serial,
+    plan,
+    summarize,
+)
 from schemas.messages import DriftFlag, FlagKind, FlagState, Message
 from schemas.remediation import (
     ActionKind,
@@ -610,3 +617,46 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
             assert f"acting through {a.vendor.value}" in a.route
     assert len(set(keys(result))) == len(result.actions)
     assert len({a.action_id for a in result.actions}) == len(result.actions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(list(Vendor)), min_size=2, max_size=3, unique=True),
+    st.permutations(range(3)),
+    st.sampled_from(["C02MIG", " c02mig ", "C02mig"]),
+)
+def test_a_serial_in_several_mdms_with_check_ins_is_never_unresolvable(
+    vendors: list[Vendor], order: list[int], shown: str
+) -> None:
+    """One record per MDM, distinct check-ins: exactly one action, in the latest MDM, with
+    every finding of the others; whatever the input order and serial spelling."""
+    inventory = [
+        device(shown, vendor=v, device_id=f"{v.value}-1", last_contact=T0 + timedelta(hours=h))
+        for v, h in zip(vendors, order, strict=False)
+    ]
+    latest = max(inventory, key=lambda d: d.last_contact or T0)
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, vendor=d.vendor, device_id=d.device_id)
+        for d in inventory
+    ]
+    result = plan([flag()], {"acme/e1": "C02MIG"}, records, inventory)
+    assert result.unresolvable == ()
+    (only,) = result.actions
+    assert (only.vendor, only.device_id) == (latest.vendor, latest.device_id)
+    assert only.endpoint_id == "acme/e1"
+    assert len([r for r in only.reasons if r.source is ReasonSource.MDM]) == len(inventory)
+    assert f"acting through {latest.vendor.value}, where it last checked in" in only.route
+
+
+def test_the_plan_is_summarized_by_reason() -> None:
+    inventory = [device("C02A", device_id="a"), device("C02B", device_id="b")]
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, device_id="a", serial="C02A", reason="gone"),
+        record(ComplianceStatus.NONCOMPLIANT, device_id="c", serial="C02C"),
+    ]
+    result = plan([flag()], {"acme/e1": "C02A"}, records, inventory)
+    assert summarize(result.actions) == {
+        "MDM: missing_profile": 1,
+        "MDM: noncompliant": 1,
+        "drift: outdated_client": 1,
+    }
