@@ -309,3 +309,50 @@ async def test_one_vendors_failure_never_stops_the_others_pull(estate: Estate) -
     result = await estate.op("mdm-pull")
     assert result["imported"] == {"jamf": 1, "intune": 1}
     assert list(result["errors"]) == ["iru"] and "404" in result["errors"]["iru"]
+
+
+async def test_jamf_and_iru_behind_a_path_prefix_read_their_inventory() -> None:
+    """Every vendor works behind a reverse proxy path: Jamf's token endpoint and inventory
+    pages, Iru's device pages, all under the prefix."""
+    jamf, iru = JamfEmulator(prefix="/jamf"), IruEmulator(prefix="/mdm/iru")
+    for emulator in (jamf, iru):
+        await emulator.start()
+    try:
+        jamf.add_client("driftline", JAMF_SECRET, ALL_PRIVILEGES)
+        for n in range(3):
+            jamf.add_computer(f"C02J{n}")
+            iru.add_device(f"C02K{n}")
+        now = datetime.now(UTC)
+        jamf_client = fast_client(
+            Integration(
+                tenant_id="acme-prefix",
+                vendor=Vendor.JAMF,
+                base_url=jamf.url,
+                current=Credential(
+                    client_id="driftline", secret=SecretStr(JAMF_SECRET), created_at=now
+                ),
+            )
+        )
+        iru_client = fast_client(
+            Integration(
+                tenant_id="acme-prefix",
+                vendor=Vendor.IRU,
+                base_url=iru.url,
+                current=Credential(
+                    secret=SecretStr(iru.mint_token(iru.all_privileges)), created_at=now
+                ),
+            )
+        )
+        try:
+            assert len(await jamf_client.inventory()) == 3
+            assert len(await iru_client.inventory()) == 3
+        finally:
+            await jamf_client.aclose()
+            await iru_client.aclose()
+        assert jamf.calls("POST", "/jamf/api/oauth/token")
+        assert all(entry.path.startswith("/jamf/") for entry in jamf.log)
+        assert all(entry.path.startswith("/mdm/iru/") for entry in iru.log)
+        assert {entry.status for entry in jamf.log + iru.log} == {200}
+    finally:
+        for emulator in (jamf, iru):
+            await emulator.stop()
