@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ DeviceKey: TypeAlias = tuple[str, Vendor, str]
 """(tenant_id, vendor, device_id): a device as its MDM's API knows it."""
 
 NEEDS_SYNC = frozenset({ComplianceStatus.NONCOMPLIANT, ComplianceStatus.MISSING_PROFILE})
+
+_MOVED = re.compile("^(?:" + "|".join(v.value for v in Vendor) + ") [^:]*: ")
 
 NO_SERIAL = "no serial number in telemetry"
 NOT_ENROLLED = "serial not enrolled in any MDM of the tenant"
@@ -219,10 +222,11 @@ class _Collector:
 
     def move(self, source: DeviceKey, target: DeviceKey) -> None:
         """Everything found for ``source`` is acted on through ``target`` (the same Mac); an MDM
-        finding keeps the name of the MDM that reported it."""
+        finding keeps the name of the MDM and device that reported it ("jamf <id>: …")."""
         for reason, identity in self.reasons.pop(source, {}).items():
             if reason.source is ReasonSource.MDM and source[1] is not target[1]:
-                reason = reason.model_copy(update={"detail": f"{source[1].value}: {reason.detail}"})
+                detail = f"{source[1].value} {source[2]}: {reason.detail}"
+                reason = reason.model_copy(update={"detail": detail})
             self.reasons[target][reason] = identity
         self.endpoints[target] |= self.endpoints.pop(source, set())
         self.routes.pop(source, None)
@@ -274,6 +278,10 @@ def _merge_enrolments(
     """Compliance findings about one Mac from several MDMs become one action, through the MDM
     it last checked in with. Where that cannot be told, each MDM's finding stays its own action
     (the MDM named that device exactly)."""
+    reported: dict[tuple[str, str], set[DeviceKey]] = defaultdict(set)
+    for device, report in latest.items():  # devices the reports name, inventory or not
+        if (serial := normalize_serial(report.serial_number)) is not None:
+            reported[(device[0], serial)].add(device)
     for key in sorted(collector.reasons):
         if key not in collector.reasons:  # already moved
             continue
@@ -283,7 +291,8 @@ def _merge_enrolments(
         )
         if serial is None:
             continue
-        devices = index.by_serial.get((key[0], serial), set()) | {key}
+        devices = index.by_serial.get((key[0], serial), set()) | reported[(key[0], serial)]
+        devices.add(key)
         if len({vendor for _, vendor, _ in devices}) < 2:
             continue
         chosen = route(devices, index.contact)
@@ -344,9 +353,7 @@ def reason_label(reason: Reason) -> str:
     if reason.source is ReasonSource.TELEMETRY:
         return f"drift: {reason.detail.split(':', 1)[0]}"
     if reason.source is ReasonSource.MDM:
-        detail = reason.detail
-        for vendor in Vendor:  # a finding moved from another MDM keeps its vendor's name
-            detail = detail.removeprefix(f"{vendor.value}: ")
+        detail = _MOVED.sub("", reason.detail)  # a finding from another MDM names it first
         return f"MDM: {detail.split(':', 1)[0]}"
     return "policy push"
 

@@ -234,7 +234,7 @@ def test_compliance_findings_from_both_mdms_become_one_action() -> None:
     assert (action.vendor, action.device_id) == (Vendor.JAMF, "d1")
     details = sorted(r.detail for r in action.reasons)
     assert details == [
-        "intune: noncompliant: complianceState=noncompliant",
+        "intune i1: noncompliant: complianceState=noncompliant",
         "missing_profile: profile missing",
         "outdated_client: 2.0.3 < 2.1.0",
     ]
@@ -604,7 +604,7 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
     # each finding is in exactly one action: its own device's, or (named "<vendor>: …") the same
     # Mac's in the MDM it last checked in with, and that action says why
     assert len(mdm_keys) == len(needing)
-    vendors = tuple(f"{v.value}: " for v in Vendor)
+    vendors = tuple(f"{v.value} " for v in Vendor)
     for a in result.actions:
         mdm = [r for r in a.reasons if r.source is ReasonSource.MDM]
         own = [r for r in mdm if not r.detail.startswith(vendors)]
@@ -613,7 +613,7 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
         if own:
             assert (a.tenant_id, a.vendor, a.device_id) in needing
         for finding in moved:
-            assert not finding.detail.startswith(f"{a.vendor.value}: ")
+            assert not finding.detail.startswith(f"{a.vendor.value} ")
             assert f"acting through {a.vendor.value}" in a.route
     assert len(set(keys(result))) == len(result.actions)
     assert len({a.action_id for a in result.actions}) == len(result.actions)
