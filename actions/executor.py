@@ -146,6 +146,25 @@ def _decide(
     return Decision(action, attempt, True, "")
 
 
+def needs_confirmation(
+    decisions: list[Decision], *, threshold: int, first_live: bool
+) -> str | None:
+    """Why a live run from the command line waits for ``--yes``, or None to go ahead.
+
+    A tenant's first live run, or one that would act on more than ``threshold`` devices, is
+    shown first: a fleet-wide force-sync driven by MDM compliance is by design, but it should
+    never be a surprise. Nothing to send needs no confirmation.
+    """
+    sending = sum(1 for d in decisions if d.send)
+    if sending == 0:
+        return None
+    if first_live:
+        return f"the tenant's first live run would act on {sending} devices"
+    if sending > threshold:
+        return f"{sending} devices to act on, more than {threshold} (--confirm-over)"
+    return None
+
+
 def _was_sent(past: Past) -> bool:
     return bool(past.states & {AuditState.SENT, AuditState.SUCCEEDED, AuditState.FAILED})
 
@@ -167,6 +186,8 @@ class RunReport:
 
 
 ClientFor = Callable[[Integration], MdmClient]
+Progress = Callable[[str, int, int], None]
+"""(what, done, total): called as work advances, for a progress bar on a terminal."""
 
 
 class Executor:
@@ -176,11 +197,13 @@ class Executor:
         client_for: ClientFor,
         options: ExecutorOptions,
         clock: Callable[[], datetime],
+        progress: Progress | None = None,
     ) -> None:
         self.audit = audit
         self.client_for = client_for
         self.options = options
         self.clock = clock
+        self.progress = progress
         self._tenant_rates: dict[str, RateLimit] = {}
 
     async def execute(
@@ -188,13 +211,18 @@ class Executor:
         plan: Plan,
         history: History,
         integrations: Mapping[tuple[str, Vendor], Integration],
+        decisions: list[Decision] | None = None,
     ) -> RunReport:
+        """``decisions``: the gate's answer when the caller already asked it (to confirm)."""
         live = self.options.live
         report = RunReport(dry_run=not live)
-        decisions = gate(
-            plan, history, integrations, self.options, self.clock(), self.options.killed()
-        )
+        if decisions is None:
+            decisions = gate(
+                plan, history, integrations, self.options, self.clock(), self.options.killed()
+            )
         clients: dict[tuple[str, Vendor], MdmClient] = {}
+        sending = sum(1 for d in decisions if d.send) if live else 0
+        done = 0
         try:
             for decision in decisions:
                 note = "" if decision.send else f"would skip: {decision.why}"
@@ -209,6 +237,9 @@ class Executor:
                 if key not in clients:
                     clients[key] = self.client_for(integrations[key])
                 await self._send(report, decision, clients[key])
+                done += 1
+                if self.progress is not None:
+                    self.progress("force-sync", done, sending)
         finally:
             for client in clients.values():
                 await client.aclose()
@@ -266,7 +297,10 @@ class Executor:
             vendor=action.vendor,
             device_id=action.device_id,
             action=action.kind,
-            reason="; ".join(reason.detail for reason in action.reasons),
+            reason="; ".join(
+                [reason.detail for reason in action.reasons]
+                + ([action.route] if action.route else [])
+            ),
             detail=detail,
             dry_run=not self.options.live,
             request=request,

@@ -12,12 +12,15 @@ credential was set, with a warning 14 days ahead (the product document's schedul
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -30,6 +33,72 @@ WARN_BEFORE = timedelta(days=14)
 
 class IntegrationError(ValueError):
     """A configuration request that cannot be carried out (unknown integration, bad value)."""
+
+
+_GRAPH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_JAMF_ID = re.compile(r"[0-9]{1,18}")
+_PAYLOAD_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)+")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(name: str, url: str, *, allow_http_loopback: bool = False) -> None:
+    """An MDM URL carries client secrets and bearer tokens: https only. Plain http only to a
+    loopback address and only when asked for (the emulators)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise IntegrationError(f"{name} must be a URL with a scheme and host, e.g. https://host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise IntegrationError(f"{name} must not carry user info, a query or a fragment")
+    if parts.scheme == "http":
+        if not is_loopback(parts.hostname):
+            raise IntegrationError(
+                f"{name} must be https: the MDM credential would travel in clear to "
+                f"{parts.hostname}"
+            )
+        if not allow_http_loopback:
+            raise IntegrationError(
+                f"{name} is plain http: accepted for a loopback address only with "
+                "--allow-http-loopback (emulators)"
+            )
+
+
+def validate(integration: Integration, *, allow_http_loopback: bool = False) -> None:
+    """Everything checkable before the first call: URLs, and ids in the vendor's format (a
+    Jamf profile id is a number, Graph and Iru ids one plain path segment)."""
+    check_url("base_url", integration.base_url, allow_http_loopback=allow_http_loopback)
+    vendor, profile_id = integration.vendor, integration.profile_id
+    if vendor is Vendor.INTUNE:
+        if not integration.token_url:
+            raise IntegrationError(
+                "Intune needs --token-url https://login.microsoftonline.com/<entra tenant>"
+                "/oauth2/v2.0/token"
+            )
+        check_url("token_url", integration.token_url, allow_http_loopback=allow_http_loopback)
+    elif integration.token_url:
+        raise IntegrationError(f"--token-url is for Intune only, not {vendor.value}")
+    if profile_id is not None:
+        pattern = _JAMF_ID if vendor is Vendor.JAMF else _GRAPH_ID
+        if not pattern.fullmatch(profile_id):
+            kind = "numeric" if vendor is Vendor.JAMF else "a plain id (letters, digits, .-_)"
+            raise IntegrationError(f"{vendor.value} profile id must be {kind}: {profile_id!r}")
+    if integration.blueprint_id is not None:
+        if vendor is not Vendor.IRU:
+            raise IntegrationError("--blueprint-id is for Iru only")
+        if not _GRAPH_ID.fullmatch(integration.blueprint_id):
+            raise IntegrationError(f"Iru blueprint id is not an id: {integration.blueprint_id!r}")
+    identifier = integration.profile_identifier
+    if identifier is not None and not _PAYLOAD_IDENTIFIER.fullmatch(identifier):
+        raise IntegrationError(
+            f"profile identifier must be reverse-DNS, e.g. com.acme.claudecode: {identifier!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,6 +144,16 @@ class IntegrationStore:
             )
         self._replace(integration)
         return integration
+
+    def disconnect(self, tenant_id: str, vendor: Vendor) -> Integration:
+        """Remove an integration and its credentials from the file (the customer should also
+        revoke the credential in the MDM: removing it here does not)."""
+        existing = self.get(tenant_id, vendor)
+        if existing is None:
+            raise IntegrationError(f"no {vendor.value} integration for tenant {tenant_id!r}")
+        others = [i for i in self.all() if (i.tenant_id, i.vendor) != (tenant_id, vendor)]
+        self._write([_dump(i) for i in others])
+        return existing
 
     def set_credential(
         self,

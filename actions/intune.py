@@ -210,6 +210,7 @@ class IntuneClient:
                     reason="; ".join(dict.fromkeys(f.reason for f in chosen)),
                     reported_at=max(reported, default=imported_at),
                     imported_at=imported_at,
+                    last_contact=_when(by_id[device_id].get("lastSyncDateTime")),
                 )
             )
         return records
@@ -264,6 +265,11 @@ class IntuneClient:
                 unmatched,
             )
 
+    async def probe(self) -> Sent:
+        params = {"$top": "1", "$select": "id"}
+        _, sent = await self.session.request("GET", MANAGED_DEVICES, params=params)
+        return sent
+
     # --- writes ---------------------------------------------------------------------------
 
     async def force_sync(self, device_id: str) -> Sent:
@@ -280,7 +286,7 @@ class IntuneClient:
         body = {
             "@odata.type": MACOS_CUSTOM,
             "payloadName": name,
-            "payloadFileName": f"{self.integration.profile_identifier}.mobileconfig",
+            "payloadFileName": f"{self.integration.payload_identifier}.mobileconfig",
             "payload": base64.b64encode(mobileconfig).decode("ascii"),
         }
         response, sent = await self.session.request("PATCH", path, json=body)
@@ -325,6 +331,7 @@ class IntuneClient:
             vendor=Vendor.INTUNE,
             device_id=_str(item, "id"),
             serial_number=_serial(item),
+            last_contact=_when(item.get("lastSyncDateTime")),
         )
 
 

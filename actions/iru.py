@@ -27,6 +27,8 @@ from actions.mdm import (
     Allowlist,
     Integration,
     Limits,
+    MdmError,
+    PartialFailure,
     Rejected,
     RetryPolicy,
     Route,
@@ -115,10 +117,15 @@ def _check_base_url(base_url: str) -> None:
             f"Iru base_url must be https (got {url.scheme}://{url.host}); "
             "plain http is only accepted for localhost in tests"
         )
-    if url.userinfo or url.query or url.fragment or url.path not in ("", "/"):
+    if url.userinfo or url.query or url.fragment:
         raise ValueError(
-            f"Iru base_url must be the API host only, e.g. {api_url('acme', 'us')} "
-            f"(got a path, query or user info on {url.host})"
+            f"Iru base_url must be the API root, e.g. {api_url('acme', 'us')} or a proxy's "
+            f"https://proxy.corp/iru (got a query, fragment or user info on {url.host})"
+        )
+    if re.search(r"/api(/v1)?/?$", url.path):
+        raise ValueError(
+            "Iru base_url is the API root without /api/v1 (Driftline adds the paths), "
+            f"e.g. {api_url('acme', 'us')}"
         )
 
 
@@ -202,6 +209,7 @@ class IruClient:
             vendor=Vendor.IRU,
             device_id=str(raw["device_id"]),
             serial_number=_serial(raw.get("serial_number")),
+            last_contact=vendor_time(raw.get("last_check_in")),
         )
 
     async def devices_by_serial(self, serial: str) -> list[Device]:
@@ -219,6 +227,10 @@ class IruClient:
     async def inventory(self) -> list[Device]:
         """Every device not marked removed; 10,000 devices cost 34 requests."""
         return [self._device(raw) async for raw in self._pages() if not raw.get("is_removed")]
+
+    async def probe(self) -> Sent:
+        _, sent = await self.session.request("GET", DEVICES, params={"limit": 1, "offset": 0})
+        return sent
 
     # --- compliance ---------------------------------------------------------------------
 
@@ -242,8 +254,11 @@ class IruClient:
         item_id = self.integration.profile_id
         if not item_id:
             raise ValueError("Iru compliance needs integration.profile_id (the library item id)")
+        contact: dict[str, datetime | None] = {}
         if device_ids is None:
-            targets = [(d.device_id, d.serial_number) for d in await self.inventory()]
+            inventory = await self.inventory()
+            contact = {d.device_id: d.last_contact for d in inventory}
+            targets = [(d.device_id, d.serial_number) for d in inventory]
         else:
             targets = [(device_id, None) for device_id in dict.fromkeys(device_ids)]
         if max_devices is not None and len(targets) > max_devices:
@@ -262,7 +277,10 @@ class IruClient:
 
         async def worker() -> None:
             for index, (device_id, serial) in queue:
-                records[index] = await self._compliance_of(device_id, serial, item_id, imported_at)
+                found = await self._compliance_of(device_id, serial, item_id, imported_at)
+                if found is not None and contact.get(device_id) is not None:
+                    found = found.model_copy(update={"last_contact": contact[device_id]})
+                records[index] = found
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -341,7 +359,10 @@ class IruClient:
             **_profile_form(name, mobileconfig),
         )
         if self.integration.blueprint_id:
-            await self.assign_to_blueprint()
+            try:
+                await self.assign_to_blueprint()
+            except MdmError as error:  # the profile changed; only its assignment did not
+                raise PartialFailure([f"{sent.request} -> {sent.status}"], error) from None
         return sent
 
     async def create_profile(self, name: str, mobileconfig: bytes) -> tuple[str, Sent]:

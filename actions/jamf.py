@@ -220,7 +220,7 @@ class JamfClient:
         """Per computer: is the Claude Code profile (by payload identifier) installed?"""
         sections = ("GENERAL", "HARDWARE", "CONFIGURATION_PROFILES")
         records = await self._computers(sections, None, self.page_size)
-        identifier = self.integration.profile_identifier
+        identifier = self.integration.payload_identifier
         out: list[ComplianceRecord] = []
         for record in records:
             device = self._device(record)
@@ -247,9 +247,16 @@ class JamfClient:
                     reason=reason,
                     reported_at=reported or imported_at,
                     imported_at=imported_at,
+                    last_contact=device.last_contact,
                 )
             )
         return out
+
+    async def probe(self) -> Sent:
+        path = await self.inventory_path()
+        params = [("section", "GENERAL"), ("page", 0), ("page-size", 1)]
+        _, sent = await self.session.request("GET", path, params=params)
+        return sent
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -328,7 +335,8 @@ class JamfClient:
                 yield device
 
     def _device(self, record: dict[str, Any]) -> Device | None:
-        management_id = _text(_section(record, "general").get("managementId"))
+        general = _section(record, "general")
+        management_id = _text(general.get("managementId"))
         if management_id is None:
             return None
         return Device(
@@ -336,6 +344,7 @@ class JamfClient:
             vendor=Vendor.JAMF,
             device_id=management_id,
             serial_number=_text(_section(record, "hardware").get("serialNumber")),
+            last_contact=vendor_time(general.get("lastContactTime")),
         )
 
 

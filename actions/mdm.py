@@ -89,6 +89,20 @@ class Rejected(MdmError):
     """Any other 4xx: the request itself is wrong (unknown device, invalid payload)."""
 
 
+class PartialFailure(MdmError):
+    """A change of several steps stopped part-way: ``done`` succeeded (method + path -> status),
+    then ``error`` failed. The MDM is in between: say so, never "failed" nor "pushed"."""
+
+    def __init__(self, done: list[str], error: MdmError) -> None:
+        super().__init__(
+            f"{'; '.join(done)} succeeded, then {type(error).__name__}: {error}",
+            status=error.status,
+            request=error.request,
+        )
+        self.done = done
+        self.error = error
+
+
 # --- allowlist ----------------------------------------------------------------------------
 
 
@@ -159,7 +173,9 @@ class Integration(BaseModel):
     ``force_sync`` is the customer's opt-in to the force-sync privilege; without it the
     force-sync route is not in the allowlist at all. ``profile_id`` names the vendor object the
     Claude Code profile lives in (Jamf profile id, Intune deviceConfiguration id, Iru library
-    item id); ``profile_identifier`` is the payload identifier devices report it under.
+    item id); ``profile_identifier`` is the payload identifier devices report it under: by
+    default ``com.driftline.<tenant>.claudecode``, or a customer's own profile's identifier when
+    Driftline adopts a profile they already deploy (``mdm connect --profile-identifier``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -173,8 +189,13 @@ class Integration(BaseModel):
     grace_until: datetime | None = None
     force_sync: bool = False
     profile_id: str | None = None
-    profile_identifier: str = "com.anthropic.claudecode"
+    profile_identifier: str | None = None
     blueprint_id: str | None = None  # Iru: where the custom profile is assigned
+
+    @property
+    def payload_identifier(self) -> str:
+        """The profile's PayloadIdentifier: the adopted one, else Driftline's default."""
+        return self.profile_identifier or f"com.driftline.{self.tenant_id}.claudecode"
 
     def credentials(self, now: datetime) -> list[tuple[str, Credential]]:
         """The credentials to try, in order, each named for the audit ("current"/"previous")."""
@@ -448,17 +469,13 @@ class Session:
         """One API call with every rule applied; returns the 2xx/3xx response and its audit.
 
         ``absolute_url`` is for paging links the server hands out (Graph's ``@odata.nextLink``):
-        it must stay on the integration's host and its path is checked like any other.
+        it must stay on the integration's host and under its base path (a base URL behind a
+        reverse proxy, ``https://proxy.corp/graph``), and its path relative to the base is
+        checked like any other.
         """
         method = method.upper()
         if absolute_url is not None:
-            url = httpx.URL(absolute_url)
-            base = httpx.URL(self.integration.base_url)
-            if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-                raise NotAllowed(
-                    f"{method} to another host refused", request=f"{method} {url.path}"
-                )
-            path = url.path
+            path = self._relative(method, absolute_url)
         self.allowlist.check(method, path)
         audit = f"{method} {path}"
         credentials = self.integration.credentials(self._now())
@@ -497,6 +514,20 @@ class Session:
             return response, Sent(audit, response.status_code, name)
         assert last is not None
         raise last
+
+    def _relative(self, method: str, absolute_url: str) -> str:
+        """The path of a server-given URL below the base URL, or NotAllowed."""
+        url = httpx.URL(absolute_url)
+        base = httpx.URL(self.integration.base_url)
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise NotAllowed(f"{method} to another host refused", request=f"{method} {url.path}")
+        prefix = base.path.rstrip("/")
+        if not url.path.startswith(prefix + "/"):
+            raise NotAllowed(
+                f"{method} outside the integration's base path refused",
+                request=f"{method} {url.path}",
+            )
+        return url.path[len(prefix) :]
 
     async def _send(
         self,
@@ -597,5 +628,8 @@ class MdmClient(Protocol):
 
     async def update_profile(self, name: str, mobileconfig: bytes) -> Sent:
         """Replace the Claude Code profile's payload so devices in scope reinstall it."""
+
+    async def probe(self) -> Sent:
+        """One small read of the inventory: does the credential work and can it read?"""
 
     async def aclose(self) -> None: ...

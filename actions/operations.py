@@ -20,7 +20,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from actions import compliance_csv, metrics, planner
-from actions.executor import Executor, ExecutorOptions
+from actions.clients import client_for
+from actions.executor import Decision, Executor, ExecutorOptions, Progress, needs_confirmation
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient
 from actions.schedule import Schedule
@@ -29,7 +30,6 @@ from actions.service import (
     PushEntry,
     Remediation,
     action_history,
-    client_for,
     push_policy,
 )
 from bus import Bus, Record
@@ -64,6 +64,7 @@ class Context:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     client_for: Callable[[Integration], MdmClient] = client_for
     lookups: Lookups = field(default_factory=Lookups)  # kept across passes of one process
+    progress: Progress | None = None  # a progress bar, when a terminal watches
 
     def kill_switch(self) -> Path:
         return self.data / "actions.disabled"
@@ -92,23 +93,55 @@ def executor_options(ctx: Context, args: dict[str, Any]) -> ExecutorOptions:
     )
 
 
+CONFIRM_OVER = 10  # a command-line live run acting on more devices waits for --yes
+
+
+def _has_acted(store: Client, tenant: str) -> bool:
+    rows = query_dicts(
+        store,
+        "SELECT count() AS n FROM remediation_audit WHERE tenant_id = {tenant:String} "
+        "AND NOT dry_run AND state IN ('sent', 'succeeded', 'failed')",
+        {"tenant": tenant},
+    )
+    return bool(rows and rows[0]["n"])
+
+
 async def actions_run(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Plan and (with live) act for one tenant; the plan, every decision and the counts."""
+    """Plan and (with live) act for one tenant; the plan, every decision and the counts.
+
+    With ``confirm`` (the command line sets it), a live run without ``yes`` is held, untouched,
+    when it is the tenant's first or would act on more than ``confirm_over`` devices: the
+    result then carries the plan's size by reason and ``held`` (why). The background loop does
+    not ask; its device cap (``max_devices``) still applies.
+    """
     tenant = str(args["tenant"])
+    options = executor_options(ctx, args)
     remediation = Remediation(
         ctx.store,
         ctx.integrations,
-        executor_options(ctx, args),
+        options,
         ctx.audit,
         client_for=ctx.client_for,
         clock=ctx.clock,
         lookups=ctx.lookups,
+        progress=ctx.progress,
     )
-    outcome = await remediation.run(tenant)
+    confirm = None
+    if options.live and args.get("confirm") and not args.get("yes"):
+        first_live = not await asyncio.to_thread(_has_acted, ctx.store, tenant)
+        threshold = int(args.get("confirm_over") or CONFIRM_OVER)
+
+        def confirm(plan: Plan, decisions: list[Decision]) -> str | None:
+            return needs_confirmation(decisions, threshold=threshold, first_live=first_live)
+
+    outcome = await remediation.run(tenant, confirm)
     await ctx.writer.flush()
     report = outcome.report
     return {
         "tenant": tenant,
+        "held": outcome.held,
+        "devices": len(outcome.plan.actions),
+        "summary": planner.summarize(outcome.plan.actions),
         "dry_run": report.dry_run,
         "counts": {
             "planned": report.planned,
@@ -159,6 +192,14 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"tenant {tenant!r} has no policy; publish one with `driftline policy set`"
         )
+    if not policy.managed_settings and not args.get("allow_empty"):
+        # Claude Code's profile replaces managed-settings.json: an empty one wipes the
+        # customer's settings on every Mac in scope.
+        raise ValueError(
+            f"the policy of tenant {tenant!r} has no managed_settings: pushing it would replace "
+            "the customer's Claude Code profile with an empty one; add managed_settings to the "
+            "policy, or pass --allow-empty if an empty profile is really meant"
+        )
     integrations = ctx.integrations.for_tenant(tenant)
     if not integrations:
         raise ValueError(f"tenant {tenant!r} has no MDM integration (driftline mdm connect)")
@@ -195,20 +236,26 @@ async def policy_push(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "tenant": tenant,
         "force_sync": synced,
         "entries": [
-            {**entry.__dict__, "vendor": entry.vendor.value, "at": entry.at.isoformat()}
+            {
+                **entry.__dict__,
+                "vendor": entry.vendor.value,
+                "at": entry.at.isoformat(),
+                "changes": list(entry.changes),
+            }
             for entry in entries
         ],
     }
 
 
-def _last_pushed(store: Client, tenant: str) -> dict[str, str]:
+def _last_pushed(store: Client, tenant: str) -> dict[str, tuple[str, str]]:
+    """Per vendor, the digest and payload file of the last complete push."""
     rows = query_dicts(
         store,
-        "SELECT vendor, argMax(digest, at) AS digest FROM policy_changelog "
+        "SELECT vendor, argMax((digest, payload_file), at) AS last FROM policy_changelog "
         "WHERE tenant_id = {tenant:String} AND outcome = 'pushed' GROUP BY vendor",
         {"tenant": tenant},
     )
-    return {row["vendor"]: row["digest"] for row in rows}
+    return {row["vendor"]: (row["last"][0], row["last"][1]) for row in rows}
 
 
 async def _force_sync_after_push(
@@ -277,8 +324,8 @@ async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[st
     rows = await asyncio.to_thread(
         query_dicts,
         ctx.store,
-        "SELECT tenant_id, vendor, device_id, serial_number, endpoint_id, synced_at, flags, "
-        "resolved_flags, remediated_at, time_to_remediate_s FROM remediation_outcomes "
+        "SELECT tenant_id, vendor, device_id, serial_number, endpoint_id, reason, synced_at, "
+        "flags, resolved_flags, remediated_at, time_to_remediate_s FROM remediation_outcomes "
         "WHERE ({tenant:Nullable(String)} IS NULL OR tenant_id = {tenant:Nullable(String)}) "
         "ORDER BY synced_at",
         {"tenant": args.get("tenant")},
@@ -294,12 +341,78 @@ async def remediation_status(ctx: Context, args: dict[str, Any]) -> list[dict[st
     return rows
 
 
+async def actions_log(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The audit: every planned, sent, succeeded, failed and skipped step of one tenant,
+    oldest first; ``device`` matches an MDM device id, a serial or an endpoint id; ``since`` is
+    a duration back from now (``24h``) or an ISO time."""
+    tenant = str(args["tenant"])
+    since = _since(args.get("since"), ctx.clock())
+    device = str(args.get("device") or "").strip()
+    rows = await asyncio.to_thread(
+        query_dicts,
+        ctx.store,
+        "SELECT at, action_id, attempt, state, dry_run, vendor, device_id, serial_number, "
+        "endpoint_id, action, reason, detail, request, response_status "
+        "FROM remediation_audit FINAL WHERE tenant_id = {tenant:String} "
+        "AND at >= {since:DateTime64(3, 'UTC')} AND ({device:String} = '' "
+        "OR device_id = {device:String} OR endpoint_id = {device:String} "
+        "OR lower(ifNull(serial_number, '')) = lower({device:String})) "
+        "ORDER BY at, action_id, attempt, "
+        "indexOf(['planned', 'sent', 'succeeded', 'failed', 'skipped'], state)",
+        {"tenant": tenant, "since": since, "device": device},
+    )
+    if not rows and not ctx.integrations.for_tenant(tenant):
+        known = await asyncio.to_thread(_has_audit, ctx.store, tenant)
+        if not known:
+            raise ValueError(f"tenant {tenant!r} has no MDM integration and no audit")
+    for row in rows:
+        row["at"] = aware(row["at"]).isoformat()
+    return rows
+
+
+def _has_audit(store: Client, tenant: str) -> bool:
+    rows = query_dicts(
+        store,
+        "SELECT count() AS n FROM remediation_audit WHERE tenant_id = {tenant:String}",
+        {"tenant": tenant},
+    )
+    return bool(rows and rows[0]["n"])
+
+
+def _since(value: object, now: datetime) -> datetime:
+    if value is None or value == "":
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    text = str(value).strip()
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: a duration (24h, 7d) or an ISO time") from None
+
+
+async def token_usage(ctx: Context, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per endpoint and ingest token id, the first and last accepted request (for `driftline
+    tokens usage`, which knows from the token registry which ids are retiring)."""
+    from store import queries
+
+    rows = await asyncio.to_thread(queries.endpoint_tokens, ctx.store, str(args["tenant"]))
+    for row in rows:
+        row["first_seen"] = aware(row["first_seen"]).isoformat()
+        row["last_seen"] = aware(row["last_seen"]).isoformat()
+    return rows
+
+
 OPERATIONS: dict[str, Operation] = {
+    "actions-log": actions_log,
     "actions-run": actions_run,
     "mdm-import": mdm_import,
     "mdm-pull": mdm_pull,
     "policy-push": policy_push,
     "remediation": remediation_status,
+    "token-usage": token_usage,
 }
 
 

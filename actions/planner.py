@@ -7,8 +7,12 @@ testable without an MDM. The rules (DESIGN.md, "Remediation rules"):
 - The devices needing a force-sync are the union of (a) devices reached from open telemetry flags
   and (b) devices whose latest MDM compliance record is noncompliant or missing_profile.
 - A flag reaches a device by exact serial match (case-insensitive, whitespace-trimmed) within the
-  flag's tenant. No serial, an unknown serial, or a serial on several device records is reported
-  as ``Unresolvable``: acting on a guessed device is worse than not acting.
+  flag's tenant. No serial, an unknown serial, or a serial on several device records of one MDM
+  is reported as ``Unresolvable``: acting on a guessed device is worse than not acting.
+- A Mac enrolled in several MDMs of the tenant (one record in each, the normal state of a
+  migration) is acted on through the MDM where it last checked in, and every reason found for
+  it in any of them goes to that one action; ``PlannedAction.route`` says why. When no MDM
+  reports a last check-in, or two report the same instant, it is reported, not guessed.
 - One action per device, with every reason merged.
 """
 
@@ -16,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeAlias
 
 from schemas.messages import DriftFlag, FlagState
@@ -38,6 +45,8 @@ DeviceKey: TypeAlias = tuple[str, Vendor, str]
 """(tenant_id, vendor, device_id): a device as its MDM's API knows it."""
 
 NEEDS_SYNC = frozenset({ComplianceStatus.NONCOMPLIANT, ComplianceStatus.MISSING_PROFILE})
+
+_MOVED = re.compile("^(?:" + "|".join(v.value for v in Vendor) + ") [^:]*: ")
 
 NO_SERIAL = "no serial number in telemetry"
 NOT_ENROLLED = "serial not enrolled in any MDM of the tenant"
@@ -99,25 +108,91 @@ def _record_rank(record: ComplianceRecord) -> tuple[object, ...]:
     return (record.reported_at, record.imported_at, record.model_dump_json())
 
 
-def _index_inventory(
-    inventory: Iterable[Device],
-) -> tuple[dict[tuple[str, str], set[DeviceKey]], dict[DeviceKey, str]]:
-    """(tenant, normalized serial) → distinct devices, and each device's serial for display.
+@dataclass
+class _Inventory:
+    """(tenant, normalized serial) → distinct devices; each device's serial for display and its
+    latest known check-in.
 
     Duplicate rows of one device count once; a device listed with several serials shows the
-    smallest, so the choice does not depend on input order.
+    smallest and the latest check-in wins, so nothing depends on input order.
     """
-    by_serial: dict[tuple[str, str], set[DeviceKey]] = defaultdict(set)
-    serials: dict[DeviceKey, str] = {}
-    for device in inventory:
+
+    by_serial: dict[tuple[str, str], set[DeviceKey]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
+    serials: dict[DeviceKey, str] = field(default_factory=dict)
+    contact: dict[DeviceKey, datetime] = field(default_factory=dict)
+
+    def add(self, device: Device) -> None:
+        key = (device.tenant_id, device.vendor, device.device_id)
+        if device.last_contact is not None:
+            known = self.contact.get(key)
+            self.contact[key] = max(device.last_contact, known or device.last_contact)
         normalized = normalize_serial(device.serial_number)
         shown = _display_serial(device.serial_number)
         if normalized is None or shown is None:
-            continue
-        key = (device.tenant_id, device.vendor, device.device_id)
-        by_serial[(device.tenant_id, normalized)].add(key)
-        serials[key] = min(shown, serials.get(key, shown))
-    return by_serial, serials
+            return
+        self.by_serial[(device.tenant_id, normalized)].add(key)
+        self.serials[key] = min(shown, self.serials.get(key, shown))
+
+
+def _index_inventory(
+    inventory: Iterable[Device], records: Iterable[ComplianceRecord]
+) -> _Inventory:
+    index = _Inventory()
+    for device in inventory:
+        index.add(device)
+    for record in records:  # a compliance report's check-in time counts too
+        if record.last_contact is not None:
+            key = (record.tenant_id, record.vendor, record.device_id)
+            known = index.contact.get(key)
+            index.contact[key] = max(record.last_contact, known or record.last_contact)
+    return index
+
+
+@dataclass(frozen=True)
+class Route:
+    """The one device a serial names, and why (``note``); or why there is none."""
+
+    device: DeviceKey | None
+    note: str = ""
+    why: str | None = None
+
+
+def _when(moment: datetime | None) -> str:
+    return (
+        "no check-in reported" if moment is None else f"last check-in {moment:%Y-%m-%d %H:%M:%S}Z"
+    )
+
+
+def route(devices: set[DeviceKey], contact: Mapping[DeviceKey, datetime]) -> Route:
+    """Which device a serial's actions go to.
+
+    One device: that one. Several records in one MDM: ambiguous (a re-enrolment or a wrong
+    serial; nothing says which is the Mac). One record in each of several MDMs: the MDM where
+    the Mac last checked in; a check-in nobody reports, or a tie, is not a reason to guess.
+    """
+    if len(devices) == 1:
+        return Route(next(iter(devices)))
+    per_vendor: dict[Vendor, int] = defaultdict(int)
+    for _, vendor, _ in devices:
+        per_vendor[vendor] += 1
+    if not devices or any(n > 1 for n in per_vendor.values()):
+        return Route(None, why=f"serial matches {len(devices)} devices")
+    ordered = sorted(devices, key=lambda k: (k[1], k[2]))
+    seen = ", ".join(f"{k[1].value} ({_when(contact.get(k))})" for k in ordered)
+    known = [k for k in ordered if k in contact]
+    if not known:
+        return Route(None, why=f"enrolled in {seen}: no MDM reports a check-in to choose by")
+    latest = max(contact[k] for k in known)
+    newest = [k for k in known if contact[k] == latest]
+    if len(newest) > 1:
+        return Route(None, why=f"enrolled in {seen}: equal last check-ins, none to choose")
+    (chosen,) = newest
+    return Route(
+        chosen,
+        note=f"enrolled in {seen}; acting through {chosen[1].value}, where it last checked in",
+    )
 
 
 def _telemetry_reason(flag: DriftFlag) -> Reason:
@@ -132,22 +207,35 @@ def _mdm_reason(record: ComplianceRecord) -> Reason:
 
 
 class _Collector:
-    """Per-device reasons (each with its identity) and the endpoints that led to the device."""
+    """Per-device reasons (each with its identity), the endpoints that led to the device, and
+    why its MDM was chosen among several."""
 
     def __init__(self) -> None:
         self.reasons: dict[DeviceKey, dict[Reason, str]] = defaultdict(dict)
         self.endpoints: dict[DeviceKey, set[str]] = defaultdict(set)
+        self.routes: dict[DeviceKey, str] = {}
 
     def add(self, key: DeviceKey, reason: Reason, identity: str, endpoint: str | None) -> None:
         self.reasons[key][reason] = identity
         if endpoint is not None:
             self.endpoints[key].add(endpoint)
 
+    def move(self, source: DeviceKey, target: DeviceKey) -> None:
+        """Everything found for ``source`` is acted on through ``target`` (the same Mac); an MDM
+        finding keeps the name of the MDM and device that reported it ("jamf <id>: …")."""
+        for reason, identity in self.reasons.pop(source, {}).items():
+            if reason.source is ReasonSource.MDM and source[1] is not target[1]:
+                detail = f"{source[1].value} {source[2]}: {reason.detail}"
+                reason = reason.model_copy(update={"detail": detail})
+            self.reasons[target][reason] = identity
+        self.endpoints[target] |= self.endpoints.pop(source, set())
+        self.routes.pop(source, None)
+
 
 def _resolve_flags(
     flags: Sequence[DriftFlag],
     serial_of: Mapping[str, str | None],
-    by_serial: Mapping[tuple[str, str], set[DeviceKey]],
+    index: _Inventory,
     collector: _Collector,
 ) -> list[Unresolvable]:
     """Map each endpoint's flags to its one device, or report why there is none."""
@@ -158,33 +246,63 @@ def _resolve_flags(
     for (tenant_id, endpoint_id), endpoint_flags in by_endpoint.items():
         raw = serial_of.get(endpoint_id)
         serial = normalize_serial(raw)
-        devices = by_serial.get((tenant_id, serial), set()) if serial is not None else set()
-        why = _why_unresolvable(serial, devices)
-        if why is not None:
+        devices = index.by_serial.get((tenant_id, serial), set()) if serial is not None else set()
+        if serial is None:
+            chosen = Route(None, why=NO_SERIAL)
+        elif not devices:
+            chosen = Route(None, why=NOT_ENROLLED)
+        else:
+            chosen = route(devices, index.contact)
+        if chosen.device is None:
             unresolvable.append(
                 Unresolvable(
                     tenant_id=tenant_id,
                     endpoint_id=endpoint_id,
                     serial_number=_display_serial(raw),
-                    why=why,
+                    why=chosen.why or "",
                 )
             )
             continue
-        (device,) = devices
         for flag in endpoint_flags:
-            collector.add(device, _telemetry_reason(flag), f"flag:{flag.flag_id}", endpoint_id)
+            collector.add(
+                chosen.device, _telemetry_reason(flag), f"flag:{flag.flag_id}", endpoint_id
+            )
+        if chosen.note:
+            collector.routes[chosen.device] = chosen.note
     return unresolvable
 
 
-def _why_unresolvable(serial: str | None, devices: set[DeviceKey]) -> str | None:
-    """None when the serial names exactly one device of the tenant."""
-    if serial is None:
-        return NO_SERIAL
-    if not devices:
-        return NOT_ENROLLED
-    if len(devices) > 1:
-        return f"serial matches {len(devices)} devices"
-    return None
+def _merge_enrolments(
+    index: _Inventory, latest: Mapping[DeviceKey, ComplianceRecord], collector: _Collector
+) -> None:
+    """Compliance findings about one Mac from several MDMs become one action, through the MDM
+    it last checked in with. Where that cannot be told, each MDM's finding stays its own action
+    (the MDM named that device exactly)."""
+    reported: dict[tuple[str, str], set[DeviceKey]] = defaultdict(set)
+    for device, report in latest.items():  # devices the reports name, inventory or not
+        if (serial := normalize_serial(report.serial_number)) is not None:
+            reported[(device[0], serial)].add(device)
+    for key in sorted(collector.reasons):
+        if key not in collector.reasons:  # already moved
+            continue
+        record = latest.get(key)
+        serial = normalize_serial(
+            index.serials.get(key) or (record.serial_number if record else None)
+        )
+        if serial is None:
+            continue
+        devices = index.by_serial.get((key[0], serial), set()) | reported[(key[0], serial)]
+        devices.add(key)
+        if len({vendor for _, vendor, _ in devices}) < 2:
+            continue
+        chosen = route(devices, index.contact)
+        if chosen.device is None:
+            continue
+        for other in sorted(devices - {chosen.device}):
+            if other in collector.reasons:
+                collector.move(other, chosen.device)
+        if chosen.device in collector.reasons:
+            collector.routes[chosen.device] = chosen.note
 
 
 def plan(
@@ -198,16 +316,25 @@ def plan(
     ``serial_of`` maps endpoint_id to the serial its snapshots carry. Resolved flags passed in by
     mistake are ignored. The output is sorted, so equal inputs in any order give an equal plan.
     """
-    by_serial, inventory_serials = _index_inventory(inventory)
     latest = _latest_records(compliance)
+    index = _index_inventory(inventory, latest.values())
     collector = _Collector()
-    unresolvable = _resolve_flags(_raised_flags(open_flags), serial_of, by_serial, collector)
+    unresolvable = _resolve_flags(_raised_flags(open_flags), serial_of, index, collector)
     for key, record in latest.items():
         if record.status in NEEDS_SYNC:
             collector.add(key, _mdm_reason(record), f"mdm:{record.status}", None)
+    _merge_enrolments(index, latest, collector)
     actions = [
-        _action(key, reasons, collector.endpoints.get(key, set()), inventory_serials, latest)
+        _action(
+            key,
+            reasons,
+            collector.endpoints.get(key, set()),
+            index.serials,
+            latest,
+            collector.routes.get(key, ""),
+        )
         for key, reasons in collector.reasons.items()
+        if reasons
     ]
     return Plan(
         actions=tuple(sorted(actions, key=lambda a: (a.tenant_id, a.vendor, a.device_id, a.kind))),
@@ -220,12 +347,33 @@ def plan(
     )
 
 
+def reason_label(reason: Reason) -> str:
+    """A reason's category, for counting a plan: ``drift: outdated_client``, ``MDM:
+    missing_profile``, ``policy push``."""
+    if reason.source is ReasonSource.TELEMETRY:
+        return f"drift: {reason.detail.split(':', 1)[0]}"
+    if reason.source is ReasonSource.MDM:
+        detail = _MOVED.sub("", reason.detail)  # a finding from another MDM names it first
+        return f"MDM: {detail.split(':', 1)[0]}"
+    return "policy push"
+
+
+def summarize(actions: Iterable[PlannedAction]) -> dict[str, int]:
+    """Devices per reason category, most first (a device with two reasons counts in both)."""
+    counts: dict[str, int] = defaultdict(int)
+    for action in actions:
+        for label in {reason_label(r) for r in action.reasons}:
+            counts[label] += 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _action(
     key: DeviceKey,
     reasons: Mapping[Reason, str],
     endpoints: set[str],
     inventory_serials: Mapping[DeviceKey, str],
     latest: Mapping[DeviceKey, ComplianceRecord],
+    route_note: str,
 ) -> PlannedAction:
     """One force-sync for one device. Its serial comes from inventory, else from its MDM report."""
     tenant_id, vendor, device_id = key
@@ -241,4 +389,5 @@ def _action(
         endpoint_id=min(endpoints) if endpoints else None,
         kind=kind,
         reasons=tuple(sorted(reasons, key=lambda r: (r.source, r.flag_id or "", r.detail))),
+        route=route_note,
     )

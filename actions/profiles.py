@@ -31,9 +31,15 @@ def profile_name(tenant_id: str) -> str:
     return f"Claude Code managed settings ({tenant_id})"
 
 
-def render_mobileconfig(tenant_id: str, settings: Mapping[str, Any]) -> bytes:
-    """The .mobileconfig (XML plist) that sets ``settings`` in the Claude Code domain."""
-    identifier = profile_identifier(tenant_id)
+def render_mobileconfig(
+    tenant_id: str, settings: Mapping[str, Any], identifier: str | None = None
+) -> bytes:
+    """The .mobileconfig (XML plist) that sets ``settings`` in the Claude Code domain.
+
+    ``identifier`` is an adopted profile's PayloadIdentifier (default Driftline's own), so the
+    payload replaces the customer's profile in place instead of installing a second one.
+    """
+    identifier = identifier or profile_identifier(tenant_id)
     inner: dict[str, Any] = dict(settings)
     inner.update(
         {
@@ -58,6 +64,33 @@ def render_mobileconfig(tenant_id: str, settings: Mapping[str, Any]) -> bytes:
         "PayloadVersion": 1,
     }
     return plistlib.dumps(profile, fmt=plistlib.FMT_XML, sort_keys=True)
+
+
+def settings_diff(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """What a push changes, one line per setting: ``+ env.A = '1'``, ``- permissions.deny``,
+    ``~ env.B: '1' -> '2'``. Nested mappings are walked by dotted path; lists compare whole.
+    ``old=None`` (never pushed) lists every setting as added."""
+    before, after = _flatten(old or {}), _flatten(new)
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        if key not in before:
+            lines.append(f"+ {key} = {after[key]!r}")
+        elif key not in after:
+            lines.append(f"- {key} (was {before[key]!r})")
+        elif before[key] != after[key]:
+            lines.append(f"~ {key}: {before[key]!r} -> {after[key]!r}")
+    return lines
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def digest(payload: bytes) -> str:

@@ -22,9 +22,20 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from actions import planner, profiles
-from actions.executor import AuditSink, Executor, ExecutorOptions, History, Past, RunReport
+from actions.clients import client_for
+from actions.executor import (
+    AuditSink,
+    Decision,
+    Executor,
+    ExecutorOptions,
+    History,
+    Past,
+    Progress,
+    RunReport,
+    gate,
+)
 from actions.integrations import IntegrationStore
-from actions.mdm import Integration, MdmClient, MdmError
+from actions.mdm import Integration, MdmClient, MdmError, PartialFailure
 from schemas.identity import check_tenant_id
 from schemas.messages import DriftFlag, FlagKind, FlagState, aware
 from schemas.policy import TenantPolicy
@@ -39,21 +50,6 @@ from schemas.remediation import (
 from store import query_dicts
 
 log = logging.getLogger(__name__)
-
-
-def client_for(integration: Integration, **options: Any) -> MdmClient:
-    """The vendor's client for an integration (the one place that maps vendor -> module)."""
-    if integration.vendor is Vendor.JAMF:
-        from actions.jamf import JamfClient
-
-        return JamfClient(integration, **options)
-    if integration.vendor is Vendor.INTUNE:
-        from actions.intune import IntuneClient
-
-        return IntuneClient(integration, **options)
-    from actions.iru import IruClient
-
-    return IruClient(integration, **options)
 
 
 # --- loading from the store ---------------------------------------------------------------
@@ -96,9 +92,10 @@ def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
     rows = query_dicts(
         client,
         "SELECT tenant_id, vendor, device_id, latest.1 AS serial_number, latest.2 AS status, "
-        "latest.3 AS reason, latest.4 AS reported_at, latest.5 AS imported_at FROM ("
+        "latest.3 AS reason, latest.4 AS reported_at, latest.5 AS imported_at, "
+        "latest.6 AS last_contact FROM ("
         "SELECT tenant_id, vendor, device_id, argMax((serial_number, status, reason, "
-        "reported_at, imported_at), (reported_at, imported_at)) AS latest "
+        "reported_at, imported_at, last_contact), (reported_at, imported_at)) AS latest "
         "FROM compliance_records WHERE tenant_id = {tenant:String} "
         "GROUP BY tenant_id, vendor, device_id)",
         {"tenant": tenant},
@@ -113,6 +110,7 @@ def compliance_history(client: Client, tenant: str) -> list[ComplianceRecord]:
             reason=row["reason"],
             reported_at=aware(row["reported_at"]),
             imported_at=aware(row["imported_at"]),
+            last_contact=aware(row["last_contact"]) if row["last_contact"] else None,
         )
         for row in rows
     ]
@@ -175,6 +173,11 @@ class Outcome:
     tenant_id: str
     plan: Plan
     report: RunReport
+    held: str = ""  # why nothing was done: the run waits for a confirmation
+
+
+Confirm = Callable[[Plan, list[Decision]], str | None]
+"""Given the plan and the gate's decisions: why to hold the run for confirmation, or None."""
 
 
 class Remediation:
@@ -190,7 +193,9 @@ class Remediation:
         client_for: Callable[[Integration], MdmClient] = client_for,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lookups: Lookups | None = None,
+        progress: Progress | None = None,
     ) -> None:
+        self.progress = progress
         self.lookups = lookups or Lookups()
         self.store = store
         self.integrations = integrations
@@ -199,8 +204,12 @@ class Remediation:
         self.client_for = client_for
         self.clock = clock
 
-    async def run(self, tenant: str) -> Outcome:
-        """Plan from the store's current picture and carry it out (dry-run unless live)."""
+    async def run(self, tenant: str, confirm: Confirm | None = None) -> Outcome:
+        """Plan from the store's current picture and carry it out (dry-run unless live).
+
+        ``confirm`` sees the plan and the gate's decisions first; a reason from it holds the
+        run: nothing is sent or audited, and the outcome says why.
+        """
         now = self.clock()
         flags, serials, compliance, history = await asyncio.to_thread(self._load, tenant, now)
         integrations = {(i.tenant_id, i.vendor): i for i in self.integrations.for_tenant(tenant)}
@@ -215,8 +224,13 @@ class Remediation:
                 if planner.normalize_serial(serials.get(f.endpoint_id)) not in waiting
             ]
         plan = planner.plan(flags, serials, compliance, inventory)
-        executor = Executor(self.audit, self.client_for, self.options, self.clock)
-        report = await executor.execute(plan, history, integrations)
+        decisions = gate(
+            plan, history, integrations, self.options, self.clock(), self.options.killed()
+        )
+        if confirm is not None and (held := confirm(plan, decisions)):
+            return Outcome(tenant, plan, RunReport(dry_run=not self.options.live), held)
+        executor = Executor(self.audit, self.client_for, self.options, self.clock, self.progress)
+        report = await executor.execute(plan, history, integrations, decisions)
         return Outcome(tenant, plan, report)
 
     def _load(
@@ -243,6 +257,7 @@ class Remediation:
                 vendor=r.vendor,
                 device_id=r.device_id,
                 serial_number=r.serial_number,
+                last_contact=r.last_contact,
             )
             for r in compliance
             if r.serial_number
@@ -310,19 +325,32 @@ class Remediation:
         """
         counts: dict[Vendor, int] = {}
         errors: dict[Vendor, str] = {}
-        for integration in self.integrations.for_tenant(tenant):
+        found = [i for i in self.integrations.for_tenant(tenant) if i.current is not None]
+        for number, integration in enumerate(found):
+            if self.progress is not None:
+                self.progress(f"pull {integration.vendor.value}", number, len(found))
             if integration.current is None:
                 continue
-            client = self.client_for(integration)
+            client: MdmClient | None = None
             try:
+                client = self.client_for(integration)  # a bad setting raises here: this MDM only
                 records = await client.compliance(self.clock())
-            except (MdmError, ValueError) as error:
+            except Exception as error:  # one MDM failing never stops the others
+                log.warning(
+                    "compliance pull from %s for %s failed",
+                    integration.vendor.value,
+                    tenant,
+                    exc_info=not isinstance(error, MdmError | ValueError),
+                )
                 errors[integration.vendor] = f"{type(error).__name__}: {error}"
                 continue
             finally:
-                await client.aclose()
+                if client is not None:
+                    await client.aclose()
             await store(records)
             counts[integration.vendor] = len(records)
+        if self.progress is not None and found:
+            self.progress("pull", len(found), len(found))
         return counts, errors
 
 
@@ -341,14 +369,17 @@ class PushEntry:
     vendor: Vendor
     policy_version: int
     digest: str
-    outcome: str  # pushed | unchanged | republish_required | failed | dry_run
+    outcome: str  # pushed | unchanged | republish_required | failed | partial | dry_run
     detail: str
     payload_file: str
     at: datetime
+    changes: tuple[str, ...] = ()  # against the payload this integration last received
 
 
-def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path]:
-    payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings)
+def write_payload(
+    policy: TenantPolicy, out_dir: Path, identifier: str | None = None
+) -> tuple[bytes, str, Path]:
+    payload = profiles.render_mobileconfig(policy.tenant, policy.managed_settings, identifier)
     digest = profiles.digest(payload)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a validated tenant id holds no separator, so the file stays inside out_dir
@@ -357,11 +388,21 @@ def write_payload(policy: TenantPolicy, out_dir: Path) -> tuple[bytes, str, Path
     return payload, digest, path
 
 
+def pushed_settings(payload_file: str | None) -> dict[str, Any] | None:
+    """The managed settings of a payload pushed before (None: never pushed, or file gone)."""
+    if not payload_file:
+        return None
+    try:
+        return profiles.read_settings(Path(payload_file).read_bytes())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 async def push_policy(
     policy: TenantPolicy,
     integrations: list[Integration],
     out_dir: Path,
-    last_pushed: Callable[[Vendor], str | None],
+    last_pushed: Callable[[Vendor], tuple[str, str] | None],
     *,
     live: bool,
     client_for: Callable[[Integration], MdmClient] = client_for,
@@ -370,27 +411,47 @@ async def push_policy(
     """Render the tenant's managed settings and update each MDM's profile where it changed.
 
     The payload file is always written (``out_dir/<tenant>-<digest12>.mobileconfig``): it is
-    what an admin uploads by hand for a push-only integration ("republish required").
-    ``last_pushed(vendor)`` is the digest that integration last received: equal means nothing to
-    push.
+    what an admin uploads by hand for a push-only integration ("republish required"). Each
+    integration gets its profile's own PayloadIdentifier (an adopted profile keeps its own).
+    ``last_pushed(vendor)`` is (digest, payload file) that integration last received: an equal
+    digest means nothing to push; the file gives the changes this push makes.
+    A change that stops part-way (Iru: the profile updated, its blueprint assignment refused)
+    is ``partial``, with the steps that succeeded.
     """
-    payload, digest, path = await asyncio.to_thread(write_payload, policy, out_dir)
     entries = []
-
-    def entry(integration: Integration, outcome: str, detail: str) -> PushEntry:
-        return PushEntry(
-            policy.tenant,
-            integration.vendor,
-            policy.version,
-            digest,
-            outcome,
-            detail,
-            str(path),
-            now,
+    for integration in integrations:
+        payload, digest, path = await asyncio.to_thread(
+            write_payload, policy, out_dir, integration.payload_identifier
+        )
+        before = last_pushed(integration.vendor)
+        changes = tuple(
+            profiles.settings_diff(
+                await asyncio.to_thread(pushed_settings, before[1] if before else None),
+                policy.managed_settings,
+            )
         )
 
-    for integration in integrations:
-        if last_pushed(integration.vendor) == digest:
+        def entry(
+            integration: Integration,
+            outcome: str,
+            detail: str,
+            digest: str = digest,
+            path: Path = path,
+            changes: tuple[str, ...] = changes,
+        ) -> PushEntry:
+            return PushEntry(
+                policy.tenant,
+                integration.vendor,
+                policy.version,
+                digest,
+                outcome,
+                detail,
+                str(path),
+                now,
+                changes,
+            )
+
+        if before is not None and before[0] == digest:
             entries.append(entry(integration, "unchanged", "the profile already has this payload"))
             continue
         if integration.current is None or integration.profile_id is None:
@@ -415,6 +476,8 @@ async def push_policy(
             if sent.credential == "previous":
                 detail += "; previous credential (in grace) used"
             entries.append(entry(integration, "pushed", detail))
+        except PartialFailure as partial:
+            entries.append(entry(integration, "partial", str(partial)))
         except MdmError as error:
             entries.append(entry(integration, "failed", f"{type(error).__name__}: {error}"))
         finally:

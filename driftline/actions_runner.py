@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 import store
 from actions import operations
+from actions.executor import Progress
 from actions.integrations import IntegrationStore
 from driftline.policies import PolicyDirectory
 from driftline.settings import Settings
@@ -99,7 +100,12 @@ async def serve(settings: Settings, dsn: str, group: str, settle: float = 2.0) -
 
 
 async def run_local(
-    dsn: str, data: Path, integrations: Path, name: str, args: dict[str, Any]
+    dsn: str,
+    data: Path,
+    integrations: Path,
+    name: str,
+    args: dict[str, Any],
+    progress: Progress | None = None,
 ) -> Any:
     """Run one operation in this process, owning the store for its duration."""
     client = await asyncio.to_thread(store.connect, dsn)
@@ -114,6 +120,7 @@ async def run_local(
                 data=data,
                 integrations=IntegrationStore(integrations),
                 policies=PolicyDirectory(data / "policies").get,
+                progress=progress,
             )
             return await operations.run_operation(ctx, name, args)
     finally:

@@ -183,7 +183,7 @@ class IngestService:
         except MalformedRequest as error:
             metrics.rejects("malformed_request").inc()
             return Outcome(Status.INVALID, str(error))
-        extraction = await self._extract(request, grant.tenant_id)
+        extraction = await self._extract(request, grant.tenant_id, grant.token_id)
         errors = extraction.errors
         if errors:
             metrics.rejects("invalid_resource").inc(extraction.error_count)
@@ -215,7 +215,9 @@ class IngestService:
         rejected = extraction.rejected_items
         return Outcome(Status.OK, message, rejected, errors=reasons, error_total=total)
 
-    async def _extract(self, request: ExportRequest, tenant_id: str) -> Extraction:
+    async def _extract(
+        self, request: ExportRequest, tenant_id: str, token_id: str | None = None
+    ) -> Extraction:
         """Extract in slices of ``SLICE`` resources, yielding to the loop in between: a
         request of 200,000 resources takes about a second, and other requests must not
         wait for all of it."""
@@ -235,6 +237,7 @@ class IngestService:
                     opts.limits,
                     start,
                     start + SLICE,
+                    token_id=token_id,  # which token, for `tokens usage` (never the token)
                 )
             )
         return combined(parts)

@@ -206,6 +206,7 @@ def extract(
     limits: Limits = Limits(),
     start: int = 0,
     stop: int | None = None,
+    token_id: str | None = None,
 ) -> Extraction:
     """Snapshots of the request's resources ``start`` to ``stop`` (all by default), so a
     caller can work through a huge request in slices and let other work run in between."""
@@ -256,6 +257,7 @@ def extract(
                 signal=signal,
                 observed_at=_nanos_to_datetime(nanos) if nanos else received_at,
                 received_at=received_at,
+                token_id=token_id,
             )
         )
     return Extraction(snapshots, rejected, errors, error_count)

@@ -54,6 +54,9 @@ class EndpointSnapshot(Message):
     signal: Signal
     observed_at: Timestamp
     received_at: Timestamp
+    # the id of the ingest token the request was accepted with (never the token): during a
+    # rotation's grace window it tells which laptops still use the retiring token
+    token_id: str | None = None
 
 
 class AuthReason(StrEnum):

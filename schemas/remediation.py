@@ -35,6 +35,9 @@ class ComplianceRecord(Message):
     reason: str
     reported_at: Timestamp
     imported_at: Timestamp
+    # when the device last checked in with this MDM (Jamf general.lastContactTime, Graph
+    # lastSyncDateTime, Iru last_check_in): decides which MDM acts on a Mac enrolled in several
+    last_contact: Timestamp | None = None
 
 
 class Device(Message):
@@ -49,6 +52,7 @@ class Device(Message):
     vendor: Vendor
     device_id: str
     serial_number: str | None
+    last_contact: Timestamp | None = None  # the MDM's last check-in of the device
 
 
 class ActionKind(StrEnum):
@@ -75,7 +79,8 @@ class PlannedAction(Message):
 
     ``action_id`` is deterministic (see ``actions.planner.action_id``), so re-planning the same
     situation yields the same id and the audit trail and cooldowns can key on it.
-    ``endpoint_id`` is the telemetry endpoint that led here, when one did.
+    ``endpoint_id`` is the telemetry endpoint that led here, when one did. ``route`` says why
+    this MDM was chosen when the device is enrolled in several ("" when it is in one).
     """
 
     action_id: str
@@ -86,6 +91,7 @@ class PlannedAction(Message):
     endpoint_id: str | None
     kind: ActionKind
     reasons: tuple[Reason, ...]
+    route: str = ""
 
 
 class Unresolvable(Message):

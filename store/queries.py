@@ -103,7 +103,37 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
         f"WHERE {scope} ORDER BY observed_at DESC LIMIT 50",
         parameters,
     )
-    return {"endpoint_id": endpoint_id, "states": states, "flags": flags, "rejections": rejections}
+    serials = sorted({str(s["serial_number"]).lower() for s in states if s["serial_number"]})
+    # Remediation of this endpoint: actions sent for its flags, and those an MDM's own report
+    # caused for the device with its serial (no endpoint on those), each with its last step.
+    actions = query_dicts(
+        client,
+        "SELECT argMax(state, at) AS last_state, max(at) AS last_at, any(vendor) AS vendor, "  # noqa: S608
+        "any(device_id) AS device_id, any(action) AS action, any(reason) AS reason, "
+        "argMax(detail, at) AS detail, dry_run, action_id FROM remediation_audit FINAL "
+        f"WHERE {_where(tenant='tenant_id')} AND (endpoint_id = {{endpoint:String}} "
+        "OR has({serials:Array(String)}, lower(ifNull(serial_number, '')))) "
+        "GROUP BY action_id, dry_run ORDER BY last_at",
+        {**parameters, "serials": serials},
+    )
+    return {
+        "endpoint_id": endpoint_id,
+        "states": states,
+        "flags": flags,
+        "rejections": rejections,
+        "actions": actions,
+    }
+
+
+def endpoint_tokens(client: Client, tenant: str) -> list[dict[str, Any]]:
+    """Per endpoint of the tenant and ingest token id: first and last accepted request."""
+    return query_dicts(
+        client,
+        "SELECT endpoint_id, token_id, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        "FROM endpoint_tokens WHERE tenant_id = {tenant:String} "
+        "GROUP BY endpoint_id, token_id ORDER BY endpoint_id, last_seen",
+        {"tenant": tenant},
+    )
 
 
 # tables that name a tenant once it has sent anything or been acted on

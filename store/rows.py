@@ -35,6 +35,7 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "last_seen",
             "last_received",
             "first_received",
+            "token_id",
         ),
         "auth_events": (
             "tenant_id",
@@ -67,6 +68,7 @@ TABLE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "reason",
             "reported_at",
             "imported_at",
+            "last_contact",
         ),
         "remediation_audit": (
             "tenant_id",
@@ -147,7 +149,7 @@ class Heartbeats:
         self.resolution = resolution
         self.max_endpoints = max_endpoints
         self.skipped = 0
-        self._stored: dict[str, tuple[int, datetime]] = {}
+        self._stored: dict[str, tuple[int, datetime, str | None]] = {}
 
     def needed(self, snapshot: EndpointSnapshot) -> bool:
         if self.resolution <= 0:
@@ -156,6 +158,7 @@ class Heartbeats:
         if (
             stored is not None
             and stored[0] == state_hash(snapshot)
+            and stored[2] == snapshot.token_id  # a laptop moving to a new token is news
             and (snapshot.received_at - stored[1]).total_seconds() < self.resolution
         ):
             self.skipped += 1
@@ -168,7 +171,11 @@ class Heartbeats:
         stored = self._stored.pop(snapshot.endpoint_id, None)  # re-insert: newest last
         if stored is None and len(self._stored) >= self.max_endpoints:
             del self._stored[next(iter(self._stored))]
-        self._stored[snapshot.endpoint_id] = (state_hash(snapshot), snapshot.received_at)
+        self._stored[snapshot.endpoint_id] = (
+            state_hash(snapshot),
+            snapshot.received_at,
+            snapshot.token_id,
+        )
 
 
 def values_for(message: StoreMessage) -> tuple[str, list[Any]]:
@@ -187,6 +194,7 @@ def values_for(message: StoreMessage) -> tuple[str, list[Any]]:
             message.observed_at,
             message.received_at,
             message.received_at,
+            message.token_id,
         ]
     if isinstance(message, AuthEvent):
         return "auth_events", [

@@ -24,11 +24,12 @@ from aiohttp import web
 
 import store
 from actions import operations
+from actions.clients import client_for
 from actions.integrations import IntegrationStore
 from actions.mdm import Integration, MdmClient, RetryPolicy
 from actions.profiles import render_mobileconfig
 from actions.schedule import Schedule
-from actions.service import Lookups, client_for
+from actions.service import Lookups
 from schemas.policy import TenantPolicy
 from schemas.remediation import Vendor
 from tests.emulators.base import Fault
@@ -260,9 +261,13 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
         data = ["--data", str(tmp_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         connect = ["mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--force-sync"]
+        connect.append("--allow-http-loopback")  # the emulator
+        # --no-test: this loop serves the emulator, and subprocess.run blocks it
+        credentials = ["mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru"]
+        credentials.append("--no-test")
         subprocess.run([*cli, *connect, "--base-url", emulator.url, *data], check=True, env=env)
         subprocess.run(
-            [*cli, "mdm", "credentials", "set", "--tenant", "acme", "--vendor", "iru", *data],
+            [*cli, *credentials, *data],
             input=token.encode(),
             check=True,
             env=env,
@@ -274,7 +279,7 @@ async def test_a_crash_after_sending_never_fires_twice(tmp_path: Path) -> None:
             check=True,
             env=env,
         )
-        run = [*cli, "actions", "run", "--tenant", "acme", "--live", *data]
+        run = [*cli, "actions", "run", "--tenant", "acme", "--live", "--yes", *data]
         process = await asyncio.create_subprocess_exec(
             *run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

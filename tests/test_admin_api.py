@@ -62,7 +62,7 @@ def _mdm_ready(run: Run, emulator: IruEmulator, served: Served) -> str:
     run.cli("policy", "set", str(run.data.parent / "policy.yaml"))
     run.cli(
         "mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--base-url", emulator.url,
-        "--force-sync",
+        "--force-sync", "--allow-http-loopback",
     )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "driftline.cli", "mdm", "credentials", "set", "--tenant", "acme",
@@ -121,7 +121,7 @@ def test_a_cross_site_request_is_refused_and_runs_nothing(
         assert httpx.get(f"{base}{open_path}").status_code == 200
 
     # the admin's own CLI, which holds the token, does act (so the checks above could fail)
-    run.cli("actions", "run", "--tenant", "acme", "--live")
+    run.cli("actions", "run", "--tenant", "acme", "--live", "--yes")
     assert served.call(lambda: list(emulator.blank_pushes)) == [device]
     assert admin_token not in run.stop()  # the admin token never reaches the logs
 

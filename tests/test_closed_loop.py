@@ -49,7 +49,7 @@ def test_outdated_laptop_is_force_synced_and_its_fix_is_timed(
     run.cli("policy", "set", str(tmp_path / "policy.yaml"))
     run.cli(
         "mdm", "connect", "--tenant", "acme", "--vendor", "iru", "--base-url", emulator.url,
-        "--force-sync",
+        "--force-sync", "--allow-http-loopback",
     )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "driftline.cli", "mdm", "credentials", "set", "--tenant", "acme",

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from actions.executor import Decision, ExecutorOptions, History, Past, gate
+from actions.executor import Decision, ExecutorOptions, History, Past, gate, needs_confirmation
 from actions.mdm import Credential, Integration
 from schemas.remediation import (
     ActionKind,
@@ -158,3 +158,30 @@ def test_never_more_than_the_cap_and_nothing_when_killed(
     assert not (killed and sending)
     assert len(decisions) == len(devices)
     assert all(d.send or d.why for d in decisions)
+
+
+# --- holding a command-line live run for --yes ---------------------------------------------
+
+
+@given(
+    st.lists(st.booleans(), max_size=30),
+    st.integers(min_value=0, max_value=40),
+    st.booleans(),
+)
+def test_a_live_run_is_held_exactly_when_first_or_over_the_threshold(
+    sends: list[bool], threshold: int, first_live: bool
+) -> None:
+    decisions = [
+        Decision(action(f"d{n}"), 1, send, "" if send else "cooldown")
+        for n, send in enumerate(sends)
+    ]
+    held = needs_confirmation(decisions, threshold=threshold, first_live=first_live)
+    sending = sum(sends)
+    if sending == 0:
+        assert held is None  # nothing to send: nothing to confirm
+    elif first_live:
+        assert held == f"the tenant's first live run would act on {sending} devices"
+    elif sending > threshold:
+        assert held is not None and held.startswith(f"{sending} devices to act on")
+    else:
+        assert held is None

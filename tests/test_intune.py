@@ -88,6 +88,7 @@ def integration(graph: IntuneEmulator, **update: Any) -> Integration:
         current=credential(),
         force_sync=True,
         profile_id="cfg-1",
+        profile_identifier="com.anthropic.claudecode",  # adopting the customer's own profile
     )
     return base.model_copy(update=update)
 
@@ -333,7 +334,7 @@ async def test_update_profile_stores_exact_bytes(graph: IntuneEmulator, make: Ma
     assert first == {
         "@odata.type": "#microsoft.graph.macOSCustomConfiguration",
         "payloadName": "Claude Code",
-        "payloadFileName": "com.anthropic.claudecode.mobileconfig",
+        "payloadFileName": "com.anthropic.claudecode.mobileconfig",  # the adopted profile
         "payload": base64.b64encode(profile).decode(),
     }
 

@@ -622,7 +622,13 @@ def test_base_url_must_be_an_https_host(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://acme.api.kandji.io", "https://acme.api.eu.kandji.io/", "http://localhost:8080"]
+    "url",
+    [
+        "https://acme.api.kandji.io",
+        "https://acme.api.eu.kandji.io/",
+        "http://localhost:8080",
+        "https://proxy.corp/iru",  # behind a reverse proxy
+    ],
 )
 async def test_base_url_accepted(url: str) -> None:
     client = IruClient(Integration(tenant_id="t", vendor=Vendor.IRU, base_url=url))

@@ -183,6 +183,88 @@ async def test_expired_token_is_replaced(jamf: JamfEmulator) -> None:
     assert len(jamf.calls("POST", TOKEN)) == 2
 
 
+def expire_at(jamf: JamfEmulator, now: list[float], path: str, nth: int, by: float) -> None:
+    """Move the emulator's clock (and the client's, when it shares ``now``) ``by`` seconds as
+    the ``nth`` request to ``path`` arrives: time passes in the middle of a pass."""
+    seen = [0]
+
+    def tick(request: object) -> bool:
+        if getattr(request, "path", "") == path:
+            seen[0] += 1
+            if seen[0] == nth:
+                now[0] += by
+        return False  # never a fault: only the clock moves
+
+    jamf.inject(Fault(599), when=tick)
+
+
+async def test_a_30_s_token_expiring_during_a_paged_pull_is_renewed(jamf: JamfEmulator) -> None:
+    """Jamf tokens can live 30 s; a 6-page pull taking 12 s a page crosses two lifetimes, some
+    of them in flight. Tokens are renewed ahead of expiry or after the 401, each page is answered
+    exactly once, and every computer arrives once."""
+    now = [1000.0]
+    jamf.clock = lambda: now[0]
+    jamf.add_client("short", SECRET, ALL_PRIVILEGES, lifetime=30)
+    for n in range(12):
+        jamf.add_computer(f"C02PAGE{n:02}")
+    page_clock = [0]
+
+    def slow_pages(request: object) -> bool:
+        if getattr(request, "path", "") == V4:
+            page_clock[0] += 1
+            now[0] += 12  # each page takes 12 s: a 30 s token expires every third page
+        return False
+
+    jamf.inject(Fault(599), when=slow_pages)
+    target = integration(jamf, current=credential("short"))
+    async with make(jamf, integration=target, page_size=2) as jc:
+        jc.auth.clock = lambda: now[0]
+        devices = await jc.inventory()
+    assert sorted(d.serial_number or "" for d in devices) == [f"C02PAGE{n:02}" for n in range(12)]
+    answered = [parse_qs(e.query)["page"][0] for e in jamf.calls("GET", V4) if e.status == 200]
+    assert answered == ["0", "1", "2", "3", "4", "5"]
+    refused = [e for e in jamf.calls("GET", V4) if e.status == 401]
+    assert page_clock[0] == 6 + len(refused)
+    assert len(jamf.calls("POST", TOKEN)) >= 3  # renewed during the pull
+
+
+async def test_a_token_the_server_expires_mid_pull_is_replaced_and_the_page_retried(
+    jamf: JamfEmulator,
+) -> None:
+    """The server's clock runs ahead (or Jamf shortened the lifetime): page 3 is answered 401.
+    The client fetches a new token once and asks for that page again; nothing is lost."""
+    now = [1000.0]
+    jamf.clock = lambda: now[0]
+    jamf.add_client("short", SECRET, ALL_PRIVILEGES, lifetime=30)
+    for n in range(10):
+        jamf.add_computer(f"C02SKEW{n:02}")
+    expire_at(jamf, now, V4, nth=3, by=31)  # the client's clock does not move
+    target = integration(jamf, current=credential("short"))
+    async with make(jamf, integration=target, page_size=2) as jc:
+        devices = await jc.inventory()
+    assert len(devices) == 10
+    assert [e.status for e in jamf.calls("GET", V4)] == [200, 200, 401, 200, 200, 200]
+    assert len(jamf.calls("POST", TOKEN)) == 2
+
+
+async def test_a_token_expiring_during_a_run_of_sends_is_replaced(jamf: JamfEmulator) -> None:
+    """Five blank pushes in a row; the token expires at the third. Each computer is pushed
+    exactly once, and the audit-visible answer of every send is a success."""
+    now = [1000.0]
+    jamf.clock = lambda: now[0]
+    jamf.add_client("short", SECRET, ALL_PRIVILEGES, lifetime=30)
+    computers = [jamf.add_computer(f"C02SEND{n}") for n in range(5)]
+    expire_at(jamf, now, "/api/v2/mdm/blank-push", nth=3, by=31)
+    target = integration(jamf, current=credential("short"))
+    async with make(jamf, integration=target) as jc:
+        sent = [await jc.force_sync(str(c.management_id)) for c in computers]
+    assert [s.status for s in sent] == [200] * 5
+    assert jamf.blank_pushes == [c.management_id for c in computers]
+    pushes = [e.status for e in jamf.calls("POST", "/api/v2/mdm/blank-push")]
+    assert pushes == [200, 200, 401, 200, 200, 200]
+    assert len(jamf.calls("POST", TOKEN)) == 2
+
+
 async def test_revoked_token_mid_life_is_refreshed_once(jamf: JamfEmulator) -> None:
     jamf.add_computer("C02ABC")
     async with make(jamf) as jc:
@@ -360,10 +442,10 @@ async def test_serial_lookup_pages_when_a_serial_repeats(jamf: JamfEmulator) -> 
 async def test_compliance_missing_vs_installed(jamf: JamfEmulator) -> None:
     installed = jamf.add_computer(
         "C02OK",
-        profiles=["com.example.wifi", "com.anthropic.claudecode"],
+        profiles=["com.example.wifi", "com.driftline.acme.claudecode"],
         report_date="2025-03-01T10:15:00.123Z",
     )
-    missing = jamf.add_computer("C02MISS", profiles=["com.anthropic.claudecode.old"])
+    missing = jamf.add_computer("C02MISS", profiles=["com.driftline.acme.claudecode.old"])
     jamf.add_computer("C02NOMDM", managed=False, profiles=[])
     imported_at = datetime(2025, 3, 2, tzinfo=UTC)
     async with make(jamf) as jc:
@@ -376,7 +458,7 @@ async def test_compliance_missing_vs_installed(jamf: JamfEmulator) -> None:
     assert ok.imported_at == imported_at
     gap = records[str(missing.management_id)]
     assert gap.status is ComplianceStatus.MISSING_PROFILE
-    assert "com.anthropic.claudecode" in gap.reason
+    assert "com.driftline.acme.claudecode" in gap.reason
     assert gap.reported_at == imported_at  # no report date: the import time stands in
     query = parse_qs(jamf.calls("GET", V4)[0].query)
     assert query["section"] == ["GENERAL", "HARDWARE", "CONFIGURATION_PROFILES"]

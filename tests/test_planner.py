@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actions.planner import NO_SERIAL, NOT_ENROLLED, action_id, normalize_serial, plan
+from actions.planner import (
+    NO_SERIAL,
+    NOT_ENROLLED,
+    action_id,
+    normalize_serial,
+    plan,
+    summarize,
+)
 from schemas.messages import DriftFlag, FlagKind, FlagState, Message
 from schemas.remediation import (
     ActionKind,
@@ -56,8 +63,15 @@ def device(
     tenant: str = "acme",
     vendor: Vendor = Vendor.JAMF,
     device_id: str = "d1",
+    last_contact: datetime | None = None,
 ) -> Device:
-    return Device(tenant_id=tenant, vendor=vendor, device_id=device_id, serial_number=serial)
+    return Device(
+        tenant_id=tenant,
+        vendor=vendor,
+        device_id=device_id,
+        serial_number=serial,
+        last_contact=last_contact,
+    )
 
 
 def record(
@@ -70,6 +84,7 @@ def record(
     reason: str = "FileVault off",
     minutes: int = 0,
     imported_minutes: int = 0,
+    last_contact: datetime | None = None,
 ) -> ComplianceRecord:
     return ComplianceRecord(
         tenant_id=tenant,
@@ -80,6 +95,7 @@ def record(
         reason=reason,
         reported_at=T0 + timedelta(minutes=minutes),
         imported_at=T0 + timedelta(minutes=minutes + imported_minutes),
+        last_contact=last_contact,
     )
 
 
@@ -163,11 +179,66 @@ def test_missing_serial_is_unresolvable(serials: dict[str, str | None]) -> None:
     )
 
 
-def test_serial_on_devices_of_two_vendors_is_ambiguous() -> None:
+def test_a_mac_in_two_mdms_is_acted_on_where_it_last_checked_in() -> None:
+    inventory = [
+        device(last_contact=T0 - timedelta(days=3)),
+        device("c02x", vendor=Vendor.INTUNE, device_id="i1", last_contact=T0),
+    ]
+    result = plan([flag()], {"acme/e1": "C02X"}, [], inventory)
+    assert result.unresolvable == ()
+    (action,) = result.actions
+    assert (action.vendor, action.device_id, action.endpoint_id) == (
+        Vendor.INTUNE,
+        "i1",
+        "acme/e1",
+    )
+    assert "acting through intune, where it last checked in" in action.route
+    assert "jamf (last check-in 2026-11-24 12:00:00Z)" in action.route
+
+
+def test_two_mdms_without_check_in_times_are_reported_not_guessed() -> None:
     inventory = [device(), device("c02x", vendor=Vendor.INTUNE, device_id="i1")]
     result = plan([flag()], {"acme/e1": "C02X"}, [], inventory)
     assert result.actions == ()
-    assert [u.why for u in result.unresolvable] == ["serial matches 2 devices"]
+    (why,) = [u.why for u in result.unresolvable]
+    assert why.startswith("enrolled in intune (no check-in reported), jamf")
+    assert why.endswith("no MDM reports a check-in to choose by")
+
+
+def test_one_known_check_in_beats_none_and_a_tie_is_reported() -> None:
+    known = [device(), device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0)]
+    (action,) = plan([flag()], {"acme/e1": "C02X"}, [], known).actions
+    assert action.vendor is Vendor.IRU
+    tie = [
+        device(last_contact=T0),
+        device("C02X", vendor=Vendor.IRU, device_id="k1", last_contact=T0),
+    ]
+    result = plan([flag()], {"acme/e1": "C02X"}, [], tie)
+    assert result.actions == ()
+    assert "equal last check-ins" in result.unresolvable[0].why
+
+
+def test_compliance_findings_from_both_mdms_become_one_action() -> None:
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, reason="profile missing", last_contact=T0),
+        record(
+            vendor=Vendor.INTUNE,
+            device_id="i1",
+            reason="complianceState=noncompliant",
+            last_contact=T0 - timedelta(hours=5),
+        ),
+    ]
+    inventory = [device("C02X", vendor=Vendor.INTUNE, device_id="i1")]
+    result = plan([flag()], {"acme/e1": "c02x"}, records, inventory)
+    (action,) = result.actions
+    assert (action.vendor, action.device_id) == (Vendor.JAMF, "d1")
+    details = sorted(r.detail for r in action.reasons)
+    assert details == [
+        "intune i1: noncompliant: complianceState=noncompliant",
+        "missing_profile: profile missing",
+        "outdated_client: 2.0.3 < 2.1.0",
+    ]
+    assert "acting through jamf" in action.route
 
 
 def test_serial_on_two_devices_of_one_vendor_is_ambiguous() -> None:
@@ -438,13 +509,15 @@ flags_st = st.lists(
     ),
     max_size=12,
 )
+CONTACTS = st.sampled_from([None, T0, T0 - timedelta(hours=1), T0 - timedelta(days=2)])
 inventory_st = st.lists(
     st.builds(
-        lambda t, v, i, s: device(s, tenant=t, vendor=v, device_id=i),
+        lambda t, v, i, s, c: device(s, tenant=t, vendor=v, device_id=i, last_contact=c),
         TENANTS,
         VENDORS,
         DEVICE_IDS,
         SERIALS,
+        CONTACTS,
     ),
     max_size=10,
 )
@@ -528,6 +601,62 @@ def test_every_noncompliant_latest_record_is_in_exactly_one_action(
         for key, r in latest.items()
         if r.status in (ComplianceStatus.NONCOMPLIANT, ComplianceStatus.MISSING_PROFILE)
     }
-    assert sorted(mdm_keys) == sorted(needing)
+    # each finding is in exactly one action: its own device's, or (named "<vendor>: …") the same
+    # Mac's in the MDM it last checked in with, and that action says why
+    assert len(mdm_keys) == len(needing)
+    vendors = tuple(f"{v.value} " for v in Vendor)
+    for a in result.actions:
+        mdm = [r for r in a.reasons if r.source is ReasonSource.MDM]
+        own = [r for r in mdm if not r.detail.startswith(vendors)]
+        moved = [r for r in mdm if r.detail.startswith(vendors)]
+        assert len(own) <= 1
+        if own:
+            assert (a.tenant_id, a.vendor, a.device_id) in needing
+        for finding in moved:
+            assert not finding.detail.startswith(f"{a.vendor.value} ")
+            assert f"acting through {a.vendor.value}" in a.route
     assert len(set(keys(result))) == len(result.actions)
     assert len({a.action_id for a in result.actions}) == len(result.actions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(list(Vendor)), min_size=2, max_size=3, unique=True),
+    st.permutations(range(3)),
+    st.sampled_from(["C02MIG", " c02mig ", "C02mig"]),
+)
+def test_a_serial_in_several_mdms_with_check_ins_is_never_unresolvable(
+    vendors: list[Vendor], order: list[int], shown: str
+) -> None:
+    """One record per MDM, distinct check-ins: exactly one action, in the latest MDM, with
+    every finding of the others; whatever the input order and serial spelling."""
+    inventory = [
+        device(shown, vendor=v, device_id=f"{v.value}-1", last_contact=T0 + timedelta(hours=h))
+        for v, h in zip(vendors, order, strict=False)
+    ]
+    latest = max(inventory, key=lambda d: d.last_contact or T0)
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, vendor=d.vendor, device_id=d.device_id)
+        for d in inventory
+    ]
+    result = plan([flag()], {"acme/e1": "C02MIG"}, records, inventory)
+    assert result.unresolvable == ()
+    (only,) = result.actions
+    assert (only.vendor, only.device_id) == (latest.vendor, latest.device_id)
+    assert only.endpoint_id == "acme/e1"
+    assert len([r for r in only.reasons if r.source is ReasonSource.MDM]) == len(inventory)
+    assert f"acting through {latest.vendor.value}, where it last checked in" in only.route
+
+
+def test_the_plan_is_summarized_by_reason() -> None:
+    inventory = [device("C02A", device_id="a"), device("C02B", device_id="b")]
+    records = [
+        record(ComplianceStatus.MISSING_PROFILE, device_id="a", serial="C02A", reason="gone"),
+        record(ComplianceStatus.NONCOMPLIANT, device_id="c", serial="C02C"),
+    ]
+    result = plan([flag()], {"acme/e1": "C02A"}, records, inventory)
+    assert summarize(result.actions) == {
+        "MDM: missing_profile": 1,
+        "MDM: noncompliant": 1,
+        "drift: outdated_client": 1,
+    }

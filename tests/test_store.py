@@ -453,6 +453,7 @@ async def test_writer_routes_every_table(client: Client) -> None:
                 "reason": "missing profile",
                 "reported_at": at(0),
                 "imported_at": at(1),
+                "last_contact": None,
             },
         )
         await writer.add_row(

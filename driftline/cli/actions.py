@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from driftline import datadir
@@ -17,6 +18,8 @@ from driftline.cli.common import (
     tenant_arg,
 )
 
+HELD = 4  # a live run waiting for --yes: nothing was sent
+
 
 def _cmd_actions_run(args: argparse.Namespace) -> int:
     result = operate(
@@ -27,11 +30,23 @@ def _cmd_actions_run(args: argparse.Namespace) -> int:
             "live": args.live,
             "max_devices": args.max_devices,
             "cooldown": args.cooldown,
+            "confirm": True,
+            "yes": args.yes,
+            "confirm_over": args.confirm_over,
         },
     )
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return HELD if result["held"] else 0
+    by_reason = ", ".join(f"{label} {n}" for label, n in result["summary"].items())
+    print(f"plan: {result['devices']} devices ({by_reason or 'nothing to do'})")
+    if result["held"]:
+        print(
+            f"not sent: {result['held']}. Check the plan (dry-run without --live), then "
+            "re-run with --yes.",
+            file=sys.stderr,
+        )
+        return HELD
     mode = "DRY RUN (nothing sent; --live to act)" if result["dry_run"] else "LIVE"
     print(f"remediation for {result['tenant']}: {mode}")
     final = final_steps(result["steps"])
@@ -83,6 +98,25 @@ def summary(final: list[dict[str, Any]], *, dry_run: bool, unresolvable: int = 0
     return line
 
 
+def _cmd_actions_log(args: argparse.Namespace) -> int:
+    rows = operate(
+        args,
+        "actions-log",
+        {"tenant": args.tenant, "device": args.device, "since": args.since},
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no remediation steps recorded for tenant {args.tenant} in that window")
+        return 0
+    for row in rows:
+        row["mode"] = "dry-run" if row["dry_run"] else "live"
+    columns = ["at", "mode", "state", "vendor", "device_id", "serial_number", "endpoint_id"]
+    print_table(rows, [*columns, "reason", "detail", "request", "response_status"])
+    return 0
+
+
 def _cmd_actions_serve(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -125,6 +159,17 @@ def add_commands(commands: Any) -> None:
     actions_run.add_argument("--live", action="store_true", help="send to the MDMs")
     actions_run.add_argument("--max-devices", type=int, default=100, help="cap per run")
     actions_run.add_argument("--cooldown", default="1h", help="per-device quiet time")
+    actions_run.add_argument(
+        "--yes",
+        action="store_true",
+        help="act without holding: needed for a tenant's first live run or above --confirm-over",
+    )
+    actions_run.add_argument(
+        "--confirm-over",
+        type=int,
+        default=10,
+        help="a live run acting on more devices waits for --yes (default 10)",
+    )
     actions_run.add_argument("--json", action="store_true")
     actions_run.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
     actions_run.set_defaults(func=_cmd_actions_run)
@@ -140,9 +185,18 @@ def add_commands(commands: Any) -> None:
         "--settle", type=float, default=2.0, help="seconds for the sink to store new flags"
     )
     actions_serve.set_defaults(func=_cmd_actions_serve)
+    log = action_commands.add_parser(
+        "log", help="the audit: every planned, sent, succeeded, failed and skipped step"
+    )
+    log.add_argument("--tenant", required=True)
+    log.add_argument("--device", default=None, help="an MDM device id, serial or endpoint id")
+    log.add_argument("--since", default=None, help="a duration back (24h, 7d) or an ISO time")
+    log.add_argument("--json", action="store_true")
+    log.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    log.set_defaults(func=_cmd_actions_log)
     stop = action_commands.add_parser("stop", help="kill switch: no MDM action is sent")
     resume = action_commands.add_parser("resume", help="release the kill switch")
     for sub in (stop, resume):
         sub.set_defaults(func=_cmd_actions_switch)
-    for sub in (actions_run, actions_serve, stop, resume):
+    for sub in (actions_run, actions_serve, log, stop, resume):
         add_setting_flags(sub, "--data")

@@ -6,6 +6,9 @@ import argparse
 import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -349,6 +352,34 @@ def reported_services(args: argparse.Namespace, tenant: str) -> tuple[list[str] 
         return None, f"the store could not be read: {str(error).splitlines()[0][:200]}"
 
 
+@contextmanager
+def terminal_progress() -> Iterator[Any]:
+    """A progress callback ``(what, done, total)`` drawing a bar on a terminal (stderr); None
+    when stderr is not a terminal, so pipes and logs stay quiet. rich is imported only then."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(what: str, done: int, total: int) -> None:
+            key = what.split(" ", 1)[0]
+            if key not in tasks:
+                tasks[key] = bar.add_task(what, total=total)
+            bar.update(tasks[key], description=what, completed=done, total=total)
+
+        yield advance
+
+
 def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     """Run a store-backed operation here, or in the `driftline run` that holds the store."""
     import asyncio
@@ -366,9 +397,10 @@ def operate(args: argparse.Namespace, name: str, params: dict[str, Any]) -> Any:
     settings = settings_of(args)
     from driftline import actions_runner
 
-    return asyncio.run(
-        actions_runner.run_local(dsn, data, settings.integrations_file, name, params)
-    )
+    with terminal_progress() as progress:
+        return asyncio.run(
+            actions_runner.run_local(dsn, data, settings.integrations_file, name, params, progress)
+        )
 
 
 def policies_of(settings: Settings) -> Any:

@@ -51,8 +51,8 @@ def _remediation(args: argparse.Namespace) -> int:
 
     for row in rows:
         row["time_to_remediate"] = format_duration(row.get("time_to_remediate_s"))
-    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "synced_at"]
-    print_table(rows, [*columns, "remediated_at", "time_to_remediate"])
+    columns = ["status", "vendor", "device_id", "serial_number", "endpoint_id", "reason"]
+    print_table(rows, [*columns, "synced_at", "remediated_at", "time_to_remediate"])
     if not rows:
         print(f"no force-synced device for {_scope(args)}")
     return 0
@@ -96,6 +96,13 @@ def _cmd_endpoint(args: argparse.Namespace) -> int:
     print_table(history["flags"], ["last_seen", "kind", "state", "detail", "policy_version"])
     print("\nrejected requests:")
     print_table(history["rejections"], ["observed_at", "reason", "token_id", "source"])
+    print("\nremediation (flags and MDM reports; `driftline actions log` for every step):")
+    for action in history.get("actions", []):
+        action["mode"] = "dry-run" if action["dry_run"] else "live"
+    print_table(
+        history.get("actions", []),
+        ["last_at", "mode", "last_state", "vendor", "device_id", "reason"],
+    )
     return 0
 
 
@@ -122,7 +129,8 @@ def add_commands(commands: Any) -> None:
     drift.add_argument(
         "--remediation",
         action="store_true",
-        help="force-synced devices instead: pending, remediated (time to remediate) or stuck",
+        help="force-synced devices instead (for drift or an MDM's own report, with the reason): "
+        "pending, remediated (time to remediate) or stuck",
     )
     drift.add_argument("--stuck-after", default="24h", help="with --remediation (default 24h)")
     drift.set_defaults(func=_cmd_drift)

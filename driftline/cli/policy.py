@@ -74,18 +74,39 @@ def _cmd_policy_show(args: argparse.Namespace) -> int:
     return 0
 
 
+PUSH_FAILED, PUSH_PARTIAL = 1, 3
+
+
 def _cmd_policy_push(args: argparse.Namespace) -> int:
+    """rc 0: every profile pushed, unchanged or dry-run; 1: some push failed; 3: some MDM was
+    left part-way (the steps that succeeded are in the detail), none failed outright."""
     result = operate(
         args,
         "policy-push",
-        {"tenant": args.tenant, "live": args.live, "force_sync": args.force_sync},
+        {
+            "tenant": args.tenant,
+            "live": args.live,
+            "force_sync": args.force_sync,
+            "allow_empty": args.allow_empty,
+        },
     )
-    print_table(
-        result["entries"], ["vendor", "policy_version", "outcome", "detail", "payload_file"]
-    )
-    for line in push_summary(result["entries"], result["force_sync"], args.force_sync):
-        print(line)
-    return 1 if any(e["outcome"] == "failed" for e in result["entries"]) else 0
+    entries = result["entries"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for entry in entries:
+            if entry["outcome"] in ("unchanged", "republish_required"):
+                continue
+            print(f"{entry['vendor']}: changes against the last pushed payload:")
+            for line in entry["changes"] or ["(none)"]:
+                print(f"    {line}")
+        print_table(entries, ["vendor", "policy_version", "outcome", "detail", "payload_file"])
+        for line in push_summary(entries, result["force_sync"], args.force_sync):
+            print(line)
+    outcomes = {e["outcome"] for e in entries}
+    if "failed" in outcomes:
+        return PUSH_FAILED
+    return PUSH_PARTIAL if "partial" in outcomes else 0
 
 
 def push_summary(
@@ -96,7 +117,9 @@ def push_summary(
     for entry in entries:
         outcomes.setdefault(entry["outcome"], []).append(entry["vendor"])
     lines = [f"{outcome}: {', '.join(vendors)}" for outcome, vendors in sorted(outcomes.items())]
-    if "pushed" not in outcomes:
+    # a partial push left an MDM part-way: which steps succeeded matters more than a table cell
+    lines += [f"{e['vendor']}: {e['detail']}" for e in entries if e["outcome"] == "partial"]
+    if "pushed" not in outcomes and "partial" not in outcomes:
         why = {
             "unchanged": "the policy's payload is what the MDM already has",
             "dry_run": "dry run (--live to push)",
@@ -146,6 +169,12 @@ def add_commands(commands: Any) -> None:
     push.add_argument("--tenant", required=True, type=tenant_arg)
     push.add_argument("--live", action="store_true", help="update the profiles (else dry-run)")
     push.add_argument("--force-sync", action="store_true", help="then force-sync known devices")
+    push.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="push even with no managed_settings (replaces the profile with an empty one)",
+    )
+    push.add_argument("--json", action="store_true")
     push.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
     push.set_defaults(func=_cmd_policy_push)
     add_setting_flags(push, "--data")

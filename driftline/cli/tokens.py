@@ -116,6 +116,62 @@ def _cmd_tokens_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def usage_report(
+    records: list[Any], seen: list[dict[str, Any]], now: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Endpoints whose latest accepted request used a token in its grace window (retiring),
+    and the ids of those tokens. Pure: the registry's records, the store's rows, the time."""
+    from ingest.tokens import TokenState
+
+    retiring = {r.token_id: r for r in records if r.state(now) is TokenState.GRACE}
+    latest: dict[str, dict[str, Any]] = {}
+    for row in seen:  # rows come oldest last_seen first per endpoint
+        current = latest.get(row["endpoint_id"])
+        if current is None or row["last_seen"] >= current["last_seen"]:
+            latest[row["endpoint_id"]] = row
+    from ingest.tokens import format_time
+
+    still = [
+        {
+            "endpoint_id": endpoint,
+            "token_id": row["token_id"],
+            "last_seen": row["last_seen"],
+            "grace_ends": format_time(retiring[row["token_id"]].expires_at),
+        }
+        for endpoint, row in sorted(latest.items())
+        if row["token_id"] in retiring
+    ]
+    return still, sorted(retiring)
+
+
+def _cmd_tokens_usage(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from driftline.cli.common import operate
+
+    records = _token_store(args).records(args.tenant)
+    if not records:
+        raise ValueError(f"tenant {args.tenant!r} has no ingest tokens (driftline tokens create)")
+    seen = operate(args, "token-usage", {"tenant": args.tenant})
+    still, retiring = usage_report(records, seen, time.time())
+    if args.json:
+        print(json.dumps({"retiring_tokens": retiring, "endpoints": still}, indent=2))
+        return 0
+    if not retiring:
+        print(f"tenant {args.tenant}: no token is in a rotation's grace window")
+        return 0
+    moved = len({row["endpoint_id"] for row in seen}) - len(still)
+    print(
+        f"tenant {args.tenant}: {len(still)} endpoints still on retiring token(s) "
+        f"{', '.join(retiring)}; {moved} moved to a current token"
+    )
+    from driftline.cli.common import print_table
+
+    print_table(still, ["endpoint_id", "token_id", "last_seen", "grace_ends"])
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     tokens = commands.add_parser("tokens", help="issue, rotate, revoke and list ingest tokens")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -136,6 +192,14 @@ def add_commands(commands: Any) -> None:
     listing = token_commands.add_parser("list", help="list tokens and their states (never secrets)")
     listing.add_argument("--tenant", default=None, type=tenant_arg)
     listing.set_defaults(func=_cmd_tokens_list)
-    for sub in (create, rotate, revoke, listing):
+    usage = token_commands.add_parser(
+        "usage",
+        help="during a rotation's grace window: the endpoints still on the retiring token",
+    )
+    usage.add_argument("--tenant", required=True)
+    usage.add_argument("--json", action="store_true")
+    usage.add_argument("--clickhouse", default=None, help="DSN of a ClickHouse server")
+    usage.set_defaults(func=_cmd_tokens_usage)
+    for sub in (create, rotate, revoke, listing, usage):
         add_setting_flags(sub, "--data", "--tokens")
     add_setting_flags(rotate, "--bus", "--bootstrap")

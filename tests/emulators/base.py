@@ -47,7 +47,10 @@ class IssuedToken:
 class Emulator:
     """Base: subclasses register routes in ``__init__`` and may add a token endpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
+        """``prefix``: the API is served under a path, as behind a reverse proxy
+        (``https://proxy.corp/graph``); ``url`` includes it."""
+        self.prefix = prefix.rstrip("/")
         self.app = web.Application(middlewares=[self._middleware], client_max_size=50 * 1024**2)
         self.log: list[Logged] = []
         self.faults: list[tuple[Callable[[web.Request], bool], Fault]] = []
@@ -61,8 +64,8 @@ class Emulator:
 
     def route(self, method: str, template: str, privilege: str | None, handler: Handler) -> None:
         """``privilege=None``: no bearer needed (token endpoints)."""
-        self.app.router.add_route(method, template, handler)
-        self._routes.append((method.upper(), template, privilege))
+        self.app.router.add_route(method, self.prefix + template, handler)
+        self._routes.append((method.upper(), self.prefix + template, privilege))
 
     def issue(self, privileges: set[str] | frozenset[str], lifetime: float, credential: str) -> str:
         token = secrets.token_urlsafe(24)
@@ -80,7 +83,7 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -62,8 +62,9 @@ class IntuneEmulator(Emulator):
         token_lifetime: int | None = None,  # None: random 3600-5400 s like Entra
         write_limits: dict[str, int] | None = None,
         throttle_window: float = 20.0,
+        prefix: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(prefix)
         self.entra_tenant = entra_tenant
         self.page_size = page_size
         self.token_lifetime = token_lifetime

@@ -44,9 +44,14 @@ def _json_error(status: int, detail: str) -> web.Response:
 
 class IruEmulator(Emulator):
     def __init__(
-        self, *, hourly_limit: int = 10_000, window: float = 3600.0, retry_after: str | None = None
+        self,
+        *,
+        hourly_limit: int = 10_000,
+        window: float = 3600.0,
+        retry_after: str | None = None,
+        prefix: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(prefix)
         self.devices: dict[str, dict[str, Any]] = {}
         self.library_items: dict[str, list[dict[str, Any]]] = {}
         self.profiles: dict[str, dict[str, Any]] = {}

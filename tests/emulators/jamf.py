@@ -65,6 +65,7 @@ class Computer:
     name: str
     profiles: list[str]
     report_date: str | None
+    last_contact: str | None = None  # general.lastContactTime: the last check-in
     udid: str = field(default_factory=lambda: str(uuid.uuid4()).upper())
 
 
@@ -133,8 +134,8 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class JamfEmulator(Emulator):
-    def __init__(self, version: str = "11.30.1-t1700000000") -> None:
-        super().__init__()
+    def __init__(self, version: str = "11.30.1-t1700000000", prefix: str = "") -> None:
+        super().__init__(prefix)
         self.version = version
         self.clients: dict[str, ApiClient] = {}
         self.computers: list[Computer] = []
@@ -175,6 +176,7 @@ class JamfEmulator(Emulator):
         name: str = "",
         profiles: list[str] | None = None,
         report_date: str | None = None,
+        last_contact: str | None = None,
     ) -> Computer:
         """``management_id=None`` makes one up; ``managed=False``: the record has none."""
         computer = Computer(
@@ -184,6 +186,7 @@ class JamfEmulator(Emulator):
             name=name or f"Mac {len(self.computers) + 1}",
             profiles=list(profiles or []),
             report_date=report_date,
+            last_contact=last_contact,
         )
         self.computers.append(computer)
         return computer
@@ -261,6 +264,7 @@ class JamfEmulator(Emulator):
             "name": c.name,
             "managementId": c.management_id,
             "reportDate": c.report_date,
+            "lastContactTime": c.last_contact,
             "platform": "Mac",
         }
         profiles = [
