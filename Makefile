@@ -39,7 +39,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas bus ingest processors actions store driftline tests
+	$(BIN)/mypy schemas bus ingest processors actions store loadtest driftline tests
 
 fmt: install
 	$(BIN)/ruff check --fix .

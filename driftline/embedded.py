@@ -160,7 +160,18 @@ def query_routes(client: Any) -> list[web.RouteDef]:
         )
         return web.json_response(history, dumps=_dumps)
 
-    return [web.get("/api/drift", drift), web.get("/api/endpoint", endpoint)]
+    async def flags(request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant")
+        if not tenant:
+            return web.json_response({"error": "name a tenant"}, status=400)
+        rows = await asyncio.to_thread(queries.flag_transitions, client, tenant)
+        return web.json_response(rows, dumps=_dumps)
+
+    return [
+        web.get("/api/drift", drift),
+        web.get("/api/endpoint", endpoint),
+        web.get("/api/flags", flags),
+    ]
 
 
 def operation_routes(ctx: operations.Context) -> list[web.RouteDef]:

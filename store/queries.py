@@ -95,3 +95,15 @@ def endpoint_history(client: Client, tenant: str | None, endpoint_id: str) -> di
         parameters,
     )
     return {"endpoint_id": endpoint_id, "states": states, "flags": flags, "rejections": rejections}
+
+
+def flag_transitions(client: Client, tenant: str) -> list[dict[str, Any]]:
+    """Every flag transition of one tenant, with when the store recorded it: what a load test
+    compares with its ground truth (and times flags by)."""
+    return query_dicts(
+        client,
+        "SELECT endpoint_id, kind, state, flag_id, first_seen, last_seen, recorded_at "
+        "FROM drift_flags FINAL WHERE tenant_id = {tenant:String} "
+        "ORDER BY endpoint_id, kind, first_seen, state DESC",
+        {"tenant": tenant},
+    )

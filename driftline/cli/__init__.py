@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from driftline.cli import actions, drift, kafka, mdm, policy, services, tokens
+from driftline.cli import actions, drift, kafka, loadtest, mdm, policy, services, tokens
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (services, tokens, policy, drift, mdm, actions, kafka):
+    for group in (services, tokens, policy, drift, mdm, actions, kafka, loadtest):
         group.add_commands(commands)
     return parser
 

@@ -1,0 +1,291 @@
+"""`driftline loadtest`: a synthetic fleet with ground truth against a running pipeline.
+
+Against a local `driftline run` (or the Kafka deployment, with ``--bus kafka``) it sets up its
+own tenants, tokens and policies through the data directory, exactly as `driftline tokens` and
+`driftline policy set` do, rotates a token and changes the policies mid-run, then reads the
+flags back (the running pipeline's admin API, or ClickHouse with ``--clickhouse``) and reports
+accuracy and speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from driftline.cli.common import add_setting_flags, policies_of, publish_policy, settings_of, utc
+
+
+def _target(args: argparse.Namespace, settings: Any) -> tuple[str, int]:
+    default = settings.grpc_port if args.protocol == "grpc" else settings.http_port
+    host, _, port = (args.target or settings.host).rpartition(":")
+    if not host:  # no port given
+        return port or "127.0.0.1", default
+    return host, int(port)
+
+
+class FlagReader:
+    """Flag transitions of the run's tenants: from the running `driftline run`, or ClickHouse."""
+
+    def __init__(self, data: Path, clickhouse: str | None) -> None:
+        self.clickhouse = clickhouse
+        self.base: str | None = None
+        self.headers: dict[str, str] = {}
+        if clickhouse is None:
+            from driftline import embedded
+
+            running = embedded.run_file(data)
+            if not running.exists():
+                raise ValueError(
+                    f"no running `driftline run` with data directory {data} (start one, or "
+                    "read the flags from ClickHouse with --clickhouse DSN)"
+                )
+            self.base = json.loads(running.read_text())["admin"]
+            admin_token = data / "admin.token"
+            if admin_token.exists():
+                self.headers["Authorization"] = f"Bearer {admin_token.read_text().strip()}"
+
+    def read(self, tenants: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if self.base is not None:
+            import httpx
+
+            for tenant in tenants:
+                response = httpx.get(
+                    f"{self.base}/api/flags",
+                    params={"tenant": tenant},
+                    headers=self.headers,
+                    timeout=60,
+                )
+                response.raise_for_status()
+                rows += response.json()
+            return rows
+        import store
+        from store import queries
+
+        assert self.clickhouse is not None
+        client = store.connect(self.clickhouse)
+        try:
+            for tenant in tenants:
+                rows += queries.flag_transitions(client, tenant)
+        finally:
+            client.close()
+        return rows
+
+
+def settle(
+    reader: FlagReader, tenants: list[str], quiet: float, limit: float
+) -> list[dict[str, Any]]:
+    """Read until the flags stop changing for ``quiet`` seconds (at most ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    rows = reader.read(tenants)
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, quiet / 2))
+        again = reader.read(tenants)
+        if len(again) != len(rows):
+            rows, stable_since = again, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet:
+            return again
+    return rows
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ingest.tokens import TokenStore
+    from loadtest import fleet as fleet_model
+    from loadtest import report
+    from loadtest.truth import Cause, ground_truth
+    from schemas.durations import parse_duration
+
+    console = Console(stderr=True)
+    settings = settings_of(args)
+    reader = FlagReader(settings.data, args.clickhouse)
+    run_id = secrets.token_hex(3)
+    tenants = tuple(f"lt{run_id}-{n}" for n in range(args.tenants))
+    sc = fleet_model.scenario(args.endpoints, args.rate, args.duration, tenants)
+    laptops = fleet_model.fleet(args.endpoints, sc, args.seed)
+    truth = ground_truth(laptops, sc, args.seed)
+    planned = sum(len(fleet_model.sends(laptop, sc, args.seed)) for laptop in laptops)
+
+    tokens_db = TokenStore(settings.token_registry)
+    policies = policies_of(settings)
+    tokens: dict[tuple[str, bool], str] = {}
+    for tenant in tenants:
+        tokens[(tenant, False)] = tokens_db.create(tenant)[1]
+        publish_policy(settings, policies.put(sc.policies[tenant]))
+    remember = parse_duration(settings.token_memory)
+
+    def rotate() -> dict[str, str]:
+        new = {}
+        for tenant in sc.rotated:
+            _, token, rotation = tokens_db.rotate(tenant, sc.grace, remember)
+            publish_policy(settings, policies.record_rotation(tenant, utc(rotation.rotated_at)))
+            new[tenant] = token
+        return new
+
+    def change_policies() -> None:
+        for tenant in tenants:
+            publish_policy(settings, policies.put(sc.changed[tenant]))
+
+    controls = [
+        (sc.rotate_at, "token rotation", rotate),
+        (sc.policy_at, "policy change", change_policies),
+    ]
+    triggers = {
+        (laptop.index, t.seq)
+        for laptop in laptops
+        for kind_transitions in (
+            truth.transitions.get((laptop.endpoint_id, kind), []) for kind in _kinds()
+        )
+        for t in kind_transitions
+        if t.cause is Cause.SEND
+    }
+    host, port = _target(args, settings)
+    console.print(
+        f"loadtest {run_id}: {args.endpoints:,} endpoints in tenants {', '.join(tenants)}; "
+        f"{planned:,} exports over {sc.span / 60:,.1f} fleet minutes in {args.duration:g} s "
+        f"(x{sc.compression:.1f}) to {host}:{port} over OTLP/{args.protocol.upper()}"
+    )
+    time.sleep(2.0)  # the pipeline polls its policy directory every second
+    import uvloop
+
+    stats = uvloop.run(  # uvloop: about a third less CPU per export
+        _drive(
+            args,
+            host,
+            port,
+            sc,
+            laptops,
+            tokens,
+            triggers,
+            controls,
+            planned,
+            Progress(
+                TextColumn("sending"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ),
+        )
+    )
+    console.print("waiting for the pipeline to settle …")
+    rows = settle(reader, list(tenants), args.settle, args.settle_limit)
+    result: dict[str, Any] = {
+        "run": run_id,
+        "target": f"{host}:{port}",
+        "fleet": report.fleet_summary(sc, laptops, truth, args.seed),
+        "speed": report.speed(stats, args.protocol),
+        **report.score(truth, rows, stats, laptops),
+    }
+    Console().print(report.render(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if args.plot:
+        report.plot(result, stats, args.plot)
+    overall = result["accuracy"]["overall"]
+    return 0 if overall["precision"] == 1.0 and overall["recall"] == 1.0 else 1
+
+
+def _kinds() -> list[Any]:
+    from schemas.messages import FlagKind
+
+    return list(FlagKind)
+
+
+async def _drive(
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    sc: Any,
+    laptops: list[Any],
+    tokens: dict[tuple[str, bool], str],
+    triggers: set[tuple[int, int]],
+    controls: list[Any],
+    planned: int,
+    progress: Any,
+) -> Any:
+    from loadtest.fleet import all_sends
+    from loadtest.otlp import Templates
+    from loadtest.sender import GrpcPool, HttpPool, Stats, drive
+
+    stats = Stats()
+    templates = Templates({laptop.index: laptop for laptop in laptops})
+    pool: HttpPool | GrpcPool
+    if args.protocol == "grpc":
+        pool = GrpcPool(host, port, args.connections * 8, stats)
+    else:
+        pool = HttpPool(host, port, args.connections, stats)
+    await pool.start()
+    with progress:
+        task = progress.add_task("sending", total=planned)
+        try:
+            await drive(
+                all_sends(laptops, sc, args.seed),
+                sc.compression,
+                pool,
+                templates,
+                tokens,
+                lambda index: laptops[index].tenant,
+                triggers,
+                controls,
+                stats,
+                progress=lambda sent: progress.update(task, completed=sent),
+            )
+        finally:
+            await pool.close()
+        progress.update(task, completed=stats.sent)
+    return stats
+
+
+def add_commands(commands: Any) -> None:
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="send a synthetic fleet with ground truth; report accuracy and speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    loadtest.add_argument("--endpoints", type=int, default=400, help="laptops (default 400)")
+    loadtest.add_argument("--rate", type=float, default=300, help="exports/s (default 300)")
+    loadtest.add_argument("--duration", type=float, default=40, help="seconds (default 40)")
+    loadtest.add_argument(
+        "--target", default=None, help="HOST[:PORT] of the receiver (default: --host and its port)"
+    )
+    loadtest.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    loadtest.add_argument("--tenants", type=int, default=3, help="tenants (default 3)")
+    loadtest.add_argument("--seed", type=int, default=7, help="the fleet's seed (default 7)")
+    loadtest.add_argument(
+        "--connections", type=int, default=64, help="HTTP connections (gRPC: x8 calls in flight)"
+    )
+    loadtest.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
+    loadtest.add_argument("--plot", default=None, metavar="FILE", help="write a PNG (matplotlib)")
+    loadtest.add_argument("--clickhouse", default=None, help="read flags from this ClickHouse DSN")
+    loadtest.add_argument(
+        "--settle", type=float, default=5, help="seconds without new flags that end the wait"
+    )
+    loadtest.add_argument(
+        "--settle-limit", type=float, default=120, help="longest wait for the flags (seconds)"
+    )
+    loadtest.set_defaults(func=_cmd_loadtest)
+    add_setting_flags(
+        loadtest,
+        "--data",
+        "--tokens",
+        "--bus",
+        "--bootstrap",
+        "--host",
+        "--grpc-port",
+        "--http-port",
+    )
