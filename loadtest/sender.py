@@ -322,16 +322,18 @@ async def drive(
     controls: list[Control],
     stats: Stats,
     progress: Callable[[int], None] | None = None,
+    start_at: float | None = None,
 ) -> None:
     """Send ``schedule`` (time-ordered) on time; run each control when its moment comes.
 
     A control returns new tokens (``{tenant: token}``, the tenant's rotated-in one) or None.
+    ``start_at`` (wall clock) is the schedule's zero, so several processes share one.
     """
     loop = asyncio.get_running_loop()
     pending = sorted(controls, key=lambda c: c[0])
     cpu = time.process_time()
-    zero = loop.time() + 0.2
-    stats.started = time.time() + 0.2
+    stats.started = start_at if start_at is not None else time.time() + 0.2
+    zero = loop.time() + (stats.started - time.time())
     wall = stats.started - zero  # loop clock → wall clock
     last_progress = 0.0
 
@@ -370,3 +372,20 @@ async def drive(
     # latencies were measured on the loop clock; report send times from the schedule's zero
     for index, due in enumerate(stats.sent_at):
         stats.sent_at[index] = due - zero
+
+
+def merge(parts: list[Stats]) -> Stats:
+    """One process's worth of stats from several generator processes'."""
+    total = Stats(started=min(part.started for part in parts))
+    for part in parts:
+        for name in ("sent", "accepted", "rejected", "failed", "unexpected", "cpu_seconds"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.elapsed = max(total.elapsed, part.elapsed)
+        total.errors.update(part.errors)
+        total.examples += part.examples[: 10 - len(total.examples)]
+        total.latency_ms.extend(part.latency_ms)
+        total.sent_at.extend(part.sent_at)
+        total.lag_ms.extend(part.lag_ms)
+        total.triggers.update(part.triggers)
+        total.controls.update(part.controls)
+    return total

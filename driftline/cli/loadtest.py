@@ -13,6 +13,7 @@ import argparse
 import json
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,28 +160,31 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         f"(x{sc.compression:.1f}) to {host}:{port} over OTLP/{args.protocol.upper()}"
     )
     time.sleep(2.0)  # the pipeline polls its policy directory every second
-    import uvloop
-
-    stats = uvloop.run(  # uvloop: about a third less CPU per export
-        _drive(
-            args,
-            host,
-            port,
-            sc,
-            laptops,
-            tokens,
-            triggers,
-            controls,
-            planned,
-            Progress(
-                TextColumn("sending"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            ),
-        )
+    progress = Progress(
+        TextColumn("sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
+    job = {
+        "endpoints": args.endpoints,
+        "rate": args.rate,
+        "duration": args.duration,
+        "tenants": tenants,
+        "seed": args.seed,
+        "protocol": args.protocol,
+        "connections": args.connections,
+        "host": host,
+        "port": port,
+        "tokens": tokens,
+        "triggers": triggers,
+    }
+    with progress:
+        task = progress.add_task("sending", total=planned)
+        stats = _generate(
+            job, args.procs, sc, controls, lambda n: progress.update(task, completed=n)
+        )
     console.print("waiting for the pipeline to settle …")
     rows = settle(reader, list(tenants), args.settle, args.settle_limit)
     result: dict[str, Any] = {
@@ -205,48 +209,121 @@ def _kinds() -> list[Any]:
     return list(FlagKind)
 
 
-async def _drive(
-    args: argparse.Namespace,
-    host: str,
-    port: int,
+def _generate(
+    job: dict[str, Any],
+    procs: int,
     sc: Any,
-    laptops: list[Any],
-    tokens: dict[tuple[str, bool], str],
-    triggers: set[tuple[int, int]],
     controls: list[Any],
-    planned: int,
-    progress: Any,
+    progress: Callable[[int], None],
 ) -> Any:
-    from loadtest.fleet import all_sends
+    """Send the fleet from ``procs`` generator processes (laptops split by index); this process
+    runs the controls (rotation, policy change) at their moments and tells the generators the
+    rotated-in tokens."""
+    import multiprocessing
+
+    from loadtest.sender import merge
+
+    context = multiprocessing.get_context("spawn")  # no inherited event loops or threads
+    pipes = []
+    for slot in range(procs):
+        mine, theirs = context.Pipe()
+        context.Process(
+            target=_generator, args=({**job, "slot": slot, "procs": procs}, theirs)
+        ).start()
+        pipes.append(mine)
+    for pipe in pipes:
+        if pipe.recv() != "ready":
+            raise RuntimeError("a generator process failed to start")
+    start_at = time.time() + 0.5
+    for pipe in pipes:
+        pipe.send(("start", start_at))
+    pending = sorted(controls, key=lambda control: control[0])
+    done: list[Any] = []
+    sent = [0] * procs
+    controls_at: dict[str, float] = {}
+    while len(done) < procs:
+        while pending and time.time() >= start_at + pending[0][0] / sc.compression:
+            _, name, action = pending.pop(0)
+            controls_at[name] = time.time()
+            tokens = action()
+            if tokens is not None:
+                for pipe in pipes:
+                    pipe.send(("tokens", tokens))
+        for slot, pipe in enumerate(pipes):
+            while pipe.poll():
+                kind, value = pipe.recv()
+                if kind == "progress":
+                    sent[slot] = value
+                elif kind == "done":
+                    done.append(value)
+                    sent[slot] = value.sent
+                elif kind == "error":
+                    raise RuntimeError(f"generator {slot}: {value}")
+        progress(sum(sent))
+        time.sleep(0.01)
+    stats = merge(done)
+    stats.controls.update(controls_at)
+    return stats
+
+
+def _generator(job: dict[str, Any], pipe: Any) -> None:
+    """One generator process: its share of the laptops, on the shared schedule."""
+    import uvloop
+
+    try:
+        pipe.send(("done", uvloop.run(_generator_main(job, pipe))))
+    except Exception as error:
+        pipe.send(("error", repr(error)))
+
+
+async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
+    from loadtest import fleet as fleet_model
     from loadtest.otlp import Templates
     from loadtest.sender import GrpcPool, HttpPool, Stats, drive
 
+    sc = fleet_model.scenario(job["endpoints"], job["rate"], job["duration"], job["tenants"])
+    laptops = fleet_model.fleet(job["endpoints"], sc, job["seed"])
+    mine = [laptop for laptop in laptops if laptop.index % job["procs"] == job["slot"]]
+    templates = Templates({laptop.index: laptop for laptop in mine})
+    for laptop in mine:  # encoded before the clock starts
+        for tool in range(len(laptop.tools)):
+            for signal in ("metrics", "logs"):
+                templates.get(laptop.index, tool, signal, 0)
     stats = Stats()
-    templates = Templates({laptop.index: laptop for laptop in laptops})
     pool: HttpPool | GrpcPool
-    if args.protocol == "grpc":
-        pool = GrpcPool(host, port, args.connections * 8, stats)
+    share = max(1, job["connections"] // job["procs"])
+    if job["protocol"] == "grpc":
+        pool = GrpcPool(job["host"], job["port"], share * 8, stats)
     else:
-        pool = HttpPool(host, port, args.connections, stats)
+        pool = HttpPool(job["host"], job["port"], share, stats)
     await pool.start()
-    with progress:
-        task = progress.add_task("sending", total=planned)
-        try:
-            await drive(
-                all_sends(laptops, sc, args.seed),
-                sc.compression,
-                pool,
-                templates,
-                tokens,
-                lambda index: laptops[index].tenant,
-                triggers,
-                controls,
-                stats,
-                progress=lambda sent: progress.update(task, completed=sent),
-            )
-        finally:
-            await pool.close()
-        progress.update(task, completed=stats.sent)
+    pipe.send("ready")
+    _, start_at = pipe.recv()
+    tokens = dict(job["tokens"])
+
+    def rotated() -> dict[str, str] | None:
+        kind, new = pipe.recv()  # sent by the parent as it rotates
+        assert kind == "tokens"
+        return dict(new)
+
+    controls = [(sc.rotate_at, "token rotation", rotated)] if sc.rotated else []
+    try:
+        await drive(
+            fleet_model.all_sends(mine, sc, job["seed"]),
+            sc.compression,
+            pool,
+            templates,
+            tokens,
+            lambda index: laptops[index].tenant,
+            job["triggers"],
+            controls,
+            stats,
+            progress=lambda sent: pipe.send(("progress", sent)),
+            start_at=start_at,
+        )
+    finally:
+        await pool.close()
+    stats.controls.clear()  # the parent's clock for those
     return stats
 
 
@@ -265,6 +342,9 @@ def add_commands(commands: Any) -> None:
     )
     loadtest.add_argument("--protocol", choices=["http", "grpc"], default="http")
     loadtest.add_argument("--tenants", type=int, default=3, help="tenants (default 3)")
+    loadtest.add_argument(
+        "--procs", type=int, default=1, help="generator processes (default 1; one per core)"
+    )
     loadtest.add_argument("--seed", type=int, default=7, help="the fleet's seed (default 7)")
     loadtest.add_argument(
         "--connections", type=int, default=64, help="HTTP connections (gRPC: x8 calls in flight)"
