@@ -24,10 +24,11 @@ import httptools
 from loadtest.fleet import Send
 from loadtest.otlp import Templates
 
-PATHS: Final = {"metrics": "/v1/metrics", "logs": "/v1/logs"}
+PATHS: Final = {"metrics": "/v1/metrics", "logs": "/v1/logs", "traces": "/v1/traces"}
 GRPC_METHODS: Final = {
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
 }
 MAX_QUEUED: Final = 200_000
 
@@ -146,15 +147,22 @@ class HttpPool:
         self._open: set[_HttpConnection] = set()
         self._closing = False
         self._sweeper: asyncio.Task[None] | None = None
-        self._heads: dict[tuple[str, str], bytes] = {}
+        self._heads: dict[tuple[str, str, str], bytes] = {}
 
-    def head(self, signal: str, token: str) -> bytes:
-        key = (signal, token)
+    def head(self, signal: str, token: str, extra: str = "") -> bytes:
+        """The request line and headers up to Content-Length; ``extra`` header lines replace
+        the default content type."""
+        key = (signal, token, extra)
         found = self._heads.get(key)
         if found is None:
+            kind = (
+                ""
+                if "content-type:" in extra.lower()
+                else "Content-Type: application/x-protobuf\r\n"
+            )
             found = (
                 f"POST {PATHS[signal]} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/x-protobuf\r\nAuthorization: Bearer {token}\r\n"
+                f"{kind}{extra}Authorization: Bearer {token}\r\n"
             ).encode()
             self._heads[key] = found
         return found
@@ -177,8 +185,12 @@ class HttpPool:
             self._open.discard(connection)
             raise ConnectionError(f"cannot connect to {self.host}:{self.port}: {error}") from None
 
-    def submit(self, send: Send, token: str, body: bytes, due: float) -> None:
-        pieces = [self.head(send.signal, token), b"Content-Length: %d\r\n\r\n" % len(body), body]
+    def submit(self, send: Send, token: str, body: bytes, due: float, extra: str = "") -> None:
+        pieces = [
+            self.head(send.signal, token, extra),
+            b"Content-Length: %d\r\n\r\n" % len(body),
+            body,
+        ]
         item = (send, pieces, due)
         if self._idle:
             self._idle.pop().send(item)
@@ -262,7 +274,7 @@ class GrpcPool:
     async def start(self) -> None:
         await asyncio.gather(*(channel.channel_ready() for channel in self._channels))
 
-    def submit(self, send: Send, token: str, body: bytes, due: float) -> None:
+    def submit(self, send: Send, token: str, body: bytes, due: float, extra: str = "") -> None:
         metadata = self._metadata.get(token)
         if metadata is None:
             metadata = self._metadata[token] = (("authorization", f"Bearer {token}"),)
@@ -389,3 +401,38 @@ def merge(parts: list[Stats]) -> Stats:
         total.triggers.update(part.triggers)
         total.controls.update(part.controls)
     return total
+
+
+async def replay(
+    requests: Iterable[tuple[Send, bytes, str]],
+    speed: float | None,
+    pool: Pool,
+    token: str,
+    stats: Stats,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Send recorded requests ``speed`` times as fast as recorded (None: as fast as possible).
+    Each item is (send, body, extra HTTP header lines)."""
+    loop = asyncio.get_running_loop()
+    cpu = time.process_time()
+    zero = loop.time() + 0.1
+    stats.started = time.time() + 0.1
+    for send, body, extra in requests:
+        due = zero + (send.at / speed if speed else 0.0)
+        now = loop.time()
+        if due > now + 0.001:
+            await asyncio.sleep(due - now)
+            now = loop.time()
+        due = max(due, zero) if speed else now
+        stats.lag_ms.append((now - due) * 1000)
+        stats.sent += 1
+        pool.submit(send, token, body, due, extra)
+        if progress is not None and stats.sent % 256 == 0:
+            progress(stats.sent)
+            await asyncio.sleep(0)
+    while pool.in_flight():  # noqa: ASYNC110 - answers arrive in callbacks, not as an event
+        await asyncio.sleep(0.05)
+    stats.elapsed = loop.time() - zero
+    stats.cpu_seconds = time.process_time() - cpu
+    for index, due in enumerate(stats.sent_at):
+        stats.sent_at[index] = due - zero

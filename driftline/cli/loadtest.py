@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -327,7 +328,113 @@ async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
     return stats
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    """Record until interrupted; the file is flushed per request."""
+    import uvloop
+
+    from driftline.ingest_runner import until_signalled
+    from loadtest.record import Recorder, serve
+
+    settings = settings_of(args)
+
+    async def main(out: Any) -> int:
+        recorder = Recorder(out)
+        runner, server = await serve(
+            recorder, settings.host, settings.http_port, settings.grpc_port
+        )
+        print(
+            f"recording OTLP on {settings.host}: gRPC {settings.grpc_port}, HTTP "
+            f"{settings.http_port} into {args.out} (credentials removed); Ctrl-C stops",
+            file=sys.stderr,
+        )
+        try:
+            await until_signalled()
+        finally:
+            await server.stop(1)
+            await runner.cleanup()
+        print(f"recorded {recorder.count:,} requests", file=sys.stderr)
+        return 0
+
+    with Path(args.out).open("w", encoding="utf-8") as out:
+        return uvloop.run(main(out))
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import uvloop
+    from rich.console import Console
+
+    from loadtest import report
+    from loadtest.fleet import Send
+    from loadtest.record import read
+    from loadtest.sender import GrpcPool, HttpPool, Stats, replay
+
+    settings = settings_of(args)
+    speed = None if args.speed == "max" else float(args.speed)
+    if speed is not None and speed <= 0:
+        raise ValueError("--speed is a positive factor or max")
+    token = Path(args.token_file).read_text().strip()
+    recorded = list(read(Path(args.file)))
+    protocol = args.protocol or (recorded[0].protocol if recorded else "http")
+    host, port = _target(argparse.Namespace(target=args.target, protocol=protocol), settings)
+    items = []
+    for n, request in enumerate(recorded):
+        extra = "".join(
+            f"{name}: {value}\r\n"
+            for name, value in request.headers.items()
+            if name in ("content-type", "content-encoding") and protocol == "http"
+        )
+        send = Send(request.at, 0, n, 0, request.signal, False, 0, True)
+        items.append((send, request.body, extra))
+
+    async def main() -> Stats:
+        stats = Stats()
+        pool: HttpPool | GrpcPool
+        if protocol == "grpc":
+            pool = GrpcPool(host, port, args.connections * 8, stats)
+        else:
+            pool = HttpPool(host, port, args.connections, stats)
+        await pool.start()
+        try:
+            await replay(items, speed, pool, token, stats)
+        finally:
+            await pool.close()
+        return stats
+
+    stats = uvloop.run(main())
+    result = report.speed(stats, protocol)
+    Console().print(
+        f"replayed {result['sent']:,} requests to {host}:{port} over OTLP/{protocol.upper()}: "
+        f"{result['accepted']:,} accepted, {result['rejected']:,} rejected, {result['failed']:,} "
+        f"failed; {result['exports_per_second']:,.0f} exports/s; latency p50/p95/p99 "
+        + " / ".join(f"{result['latency_ms'][q] or 0:,.1f} ms" for q in ("p50", "p95", "p99"))
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0 if result["failed"] == 0 and result["rejected"] == 0 else 1
+
+
 def add_commands(commands: Any) -> None:
+    record = commands.add_parser(
+        "record",
+        help="record the OTLP traffic sent here (bodies, timing; credentials removed)",
+    )
+    record.add_argument("--out", required=True, metavar="FILE", help="the recording to write")
+    record.set_defaults(func=_cmd_record)
+    add_setting_flags(record, "--host", "--grpc-port", "--http-port")
+    replay = commands.add_parser("replay", help="send a recording to a receiver")
+    replay.add_argument("file", metavar="FILE")
+    replay.add_argument(
+        "--speed", default="1", help="1 = as recorded, N = N times faster, max = at once"
+    )
+    replay.add_argument(
+        "--token-file", required=True, help="file holding the ingest token to send (not argv)"
+    )
+    replay.add_argument("--target", default=None, help="HOST[:PORT] of the receiver")
+    replay.add_argument("--protocol", choices=["http", "grpc"], default=None)
+    replay.add_argument("--connections", type=int, default=64)
+    replay.add_argument("--json", default=None, metavar="FILE")
+    replay.set_defaults(func=_cmd_replay)
+    add_setting_flags(replay, "--host", "--grpc-port", "--http-port")
     loadtest = commands.add_parser(
         "loadtest",
         help="send a synthetic fleet with ground truth; report accuracy and speed",
