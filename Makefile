@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-generator clean
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-generator bench clean
 
 help:
 	@echo "make run           install, then run the pipeline on the embedded default"
@@ -15,6 +15,7 @@ help:
 	@echo "make kafka-down    stop it"
 	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
 	@echo "make bench-pipeline  measure detectors + store: snapshots/s, latency to ClickHouse, state size"
+	@echo "make bench         the standard load tests (10,000 endpoints embedded and on Kafka, a rotation storm)"
 	@echo "make bench-generator measure the load test's generator: exports/s on one core, HTTP and gRPC"
 
 $(STAMP): pyproject.toml
@@ -57,6 +58,9 @@ bench-ingest: install
 
 bench-pipeline: install
 	$(BIN)/python -m tests.load.bench_pipeline
+
+bench: install
+	$(BIN)/python -m tests.load.bench
 
 bench-generator: install
 	$(BIN)/python -m tests.load.bench_generator

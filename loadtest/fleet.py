@@ -129,6 +129,7 @@ class Scenario:
     policies: dict[str, TenantPolicy] = field(hash=False)
     changed: dict[str, TenantPolicy] = field(hash=False)  # published at ``policy_at``
     margin: float = 0.0  # fleet seconds kept clear around a laptop's own events
+    storm: bool = False  # every tenant rotated, five times the laggards
 
     def real(self, fleet_seconds: float) -> float:
         return fleet_seconds / self.compression
@@ -165,7 +166,9 @@ def policy_v2(tenant: str, pattern: int) -> TenantPolicy:
     return v1.model_copy(update={"tools": tools})
 
 
-def scenario(endpoints: int, rate: float, duration: float, tenants: tuple[str, ...]) -> Scenario:
+def scenario(
+    endpoints: int, rate: float, duration: float, tenants: tuple[str, ...], storm: bool = False
+) -> Scenario:
     """The timeline for ``endpoints`` laptops sending ``rate`` exports/s for ``duration`` s.
 
     Compression follows from the fleet's natural rate (about 3 exports per laptop-minute), so
@@ -184,7 +187,7 @@ def scenario(endpoints: int, rate: float, duration: float, tenants: tuple[str, .
         span=span,
         compression=compression,
         tenants=tenants,
-        rotated=tenants[:1],
+        rotated=tenants if storm else tenants[:1],
         rotate_at=0.25 * span,
         grace_ends=0.35 * span,
         fix_at=0.5 * span,
@@ -193,6 +196,7 @@ def scenario(endpoints: int, rate: float, duration: float, tenants: tuple[str, .
         policies={t: policy_v1(t) for t in tenants},
         changed={t: policy_v2(t, i) for i, t in enumerate(tenants)},
         margin=MARGIN_REAL * compression,
+        storm=storm,
     )
 
 
@@ -226,8 +230,11 @@ ROTATION_SHARES: Final = (
 )
 
 
-def _roles(rng: random.Random, count: int, rotated: bool) -> list[Role]:
-    shares = ROLE_SHARES + (ROTATION_SHARES if rotated else ())
+def _roles(rng: random.Random, count: int, rotated: bool, storm: bool = False) -> list[Role]:
+    rotation = (
+        tuple((role, share * 5) for role, share in ROTATION_SHARES) if storm else ROTATION_SHARES
+    )
+    shares = ROLE_SHARES + (rotation if rotated else ())
     roles: list[Role] = []
     for role, share in shares:
         roles += [role] * max(1, round(share * count))
@@ -240,7 +247,9 @@ def fleet(endpoints: int, sc: Scenario, seed: int = 7) -> list[Laptop]:
     """``endpoints`` laptops spread over the scenario's tenants, deterministic for a seed."""
     rng = random.Random(seed)
     per_tenant = {
-        tenant: _roles(rng, len(range(n, endpoints, len(sc.tenants))), tenant in sc.rotated)
+        tenant: _roles(
+            rng, len(range(n, endpoints, len(sc.tenants))), tenant in sc.rotated, sc.storm
+        )
         for n, tenant in enumerate(sc.tenants)
     }
     laptops: list[Laptop] = []

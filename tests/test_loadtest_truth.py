@@ -252,3 +252,15 @@ def test_score_against_the_truth(sc: fm.Scenario, laptops: list[Laptop]) -> None
     assert accuracy["fn"] == 1 and accuracy["fp"] == 1
     assert accuracy["recall"] < 1.0 and accuracy["precision"] < 1.0
     assert "expected raised → resolved, got raised" in accuracy["misses"][0]
+
+
+def test_rotation_storm_rotates_every_tenant_with_many_laggards() -> None:
+    storm = fm.scenario(600, 250, 40, TENANTS, storm=True)
+    assert storm.rotated == TENANTS
+    laptops = fm.fleet(600, storm)
+    laggards = [laptop for laptop in laptops if laptop.role in fm.ROTATION_ROLES]
+    assert {laptop.tenant for laptop in laggards} == set(TENANTS)
+    assert len(laggards) > 0.7 * len(laptops)
+    truth = ground_truth(laptops, storm)
+    stale = truth.positives(FlagKind.STALE_TOKEN)
+    assert stale == {laptop.endpoint_id for laptop in laggards if laptop.role is not Role.LATE}

@@ -10,6 +10,7 @@ accuracy and speed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import secrets
 import sys
@@ -32,11 +33,12 @@ def _target(args: argparse.Namespace, settings: Any) -> tuple[str, int]:
 class FlagReader:
     """Flag transitions of the run's tenants: from the running `driftline run`, or ClickHouse."""
 
-    def __init__(self, data: Path, clickhouse: str | None) -> None:
+    def __init__(self, data: Path, clickhouse: str | None, bootstrap: str | None = None) -> None:
         self.clickhouse = clickhouse
+        self.bootstrap = bootstrap
         self.base: str | None = None
         self.headers: dict[str, str] = {}
-        if clickhouse is None:
+        if clickhouse is None and bootstrap is None:
             from driftline import embedded
 
             running = embedded.run_file(data)
@@ -52,6 +54,8 @@ class FlagReader:
 
     def read(self, tenants: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
+        if self.bootstrap is not None and self.clickhouse is None:
+            return asyncio.run(_kafka_flags(self.bootstrap, set(tenants)))
         if self.base is not None:
             import httpx
 
@@ -76,6 +80,40 @@ class FlagReader:
         finally:
             client.close()
         return rows
+
+
+async def _kafka_flags(bootstrap: str, tenants: set[str]) -> list[dict[str, Any]]:
+    """The Kafka deployment: every flag transition on the flags topic, timed by its append to
+    the log (the moment it left the processors)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas import DriftFlag, topics
+
+    consumer = AIOKafkaConsumer(
+        topics.FLAGS, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    rows: list[dict[str, Any]] = []
+    try:
+        while batches := await consumer.getmany(timeout_ms=1500, max_records=50_000):
+            for messages in batches.values():
+                for message in messages:
+                    flag = DriftFlag.from_json(message.value)
+                    if flag.tenant_id in tenants:
+                        rows.append(
+                            {
+                                "endpoint_id": flag.endpoint_id,
+                                "kind": flag.kind.value,
+                                "state": flag.state.value,
+                                "flag_id": flag.flag_id,
+                                "first_seen": flag.first_seen,
+                                "last_seen": flag.last_seen,
+                                "recorded_at": message.timestamp / 1000,
+                            }
+                        )
+    finally:
+        await consumer.stop()
+    return rows
 
 
 def settle(
@@ -113,10 +151,14 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     settings = settings_of(args)
-    reader = FlagReader(settings.data, args.clickhouse)
+    reader = FlagReader(
+        settings.data, args.clickhouse, settings.bootstrap if settings.bus == "kafka" else None
+    )
     run_id = secrets.token_hex(3)
     tenants = tuple(f"lt{run_id}-{n}" for n in range(args.tenants))
-    sc = fleet_model.scenario(args.endpoints, args.rate, args.duration, tenants)
+    sc = fleet_model.scenario(
+        args.endpoints, args.rate, args.duration, tenants, args.rotation_storm
+    )
     laptops = fleet_model.fleet(args.endpoints, sc, args.seed)
     truth = ground_truth(laptops, sc, args.seed)
     planned = sum(len(fleet_model.sends(laptop, sc, args.seed)) for laptop in laptops)
@@ -180,6 +222,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         "port": port,
         "tokens": tokens,
         "triggers": triggers,
+        "storm": args.rotation_storm,
     }
     with progress:
         task = progress.add_task("sending", total=planned)
@@ -282,7 +325,9 @@ async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
     from loadtest.otlp import Templates
     from loadtest.sender import GrpcPool, HttpPool, Stats, drive
 
-    sc = fleet_model.scenario(job["endpoints"], job["rate"], job["duration"], job["tenants"])
+    sc = fleet_model.scenario(
+        job["endpoints"], job["rate"], job["duration"], job["tenants"], job["storm"]
+    )
     laptops = fleet_model.fleet(job["endpoints"], sc, job["seed"])
     mine = [laptop for laptop in laptops if laptop.index % job["procs"] == job["slot"]]
     templates = Templates({laptop.index: laptop for laptop in mine})
@@ -451,6 +496,11 @@ def add_commands(commands: Any) -> None:
     loadtest.add_argument("--tenants", type=int, default=3, help="tenants (default 3)")
     loadtest.add_argument(
         "--procs", type=int, default=1, help="generator processes (default 1; one per core)"
+    )
+    loadtest.add_argument(
+        "--rotation-storm",
+        action="store_true",
+        help="rotate every tenant's token, with five times the laptops that keep the old one",
     )
     loadtest.add_argument("--seed", type=int, default=7, help="the fleet's seed (default 7)")
     loadtest.add_argument(
