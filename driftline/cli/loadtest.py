@@ -272,12 +272,12 @@ def _generate(
     for slot in range(procs):
         mine, theirs = context.Pipe()
         context.Process(
-            target=_generator, args=({**job, "slot": slot, "procs": procs}, theirs)
+            target=_generator, daemon=True, args=({**job, "slot": slot, "procs": procs}, theirs)
         ).start()
         pipes.append(mine)
     for pipe in pipes:
-        if pipe.recv() != "ready":
-            raise RuntimeError("a generator process failed to start")
+        if (answer := pipe.recv()) != "ready":
+            raise RuntimeError(f"a generator process failed to start: {answer}")
     start_at = time.time() + 0.5
     for pipe in pipes:
         pipe.send(("start", start_at))
