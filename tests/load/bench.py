@@ -123,7 +123,7 @@ def row(name: str, result: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     accuracy = ", ".join(
-        f"{kind} {acc[kind]['precision']:.2f}/{acc[kind]['recall']:.2f}"
+        f"{kind} {acc[kind]['precision']:.3f}/{acc[kind]['recall']:.3f}"
         for kind in ("outdated_client", "missing_policy", "stale_token")
     )
     return (
