@@ -129,6 +129,7 @@ class Scenario:
     policies: dict[str, TenantPolicy] = field(hash=False)
     changed: dict[str, TenantPolicy] = field(hash=False)  # published at ``policy_at``
     margin: float = 0.0  # fleet seconds kept clear around a laptop's own events
+    policy_guard: float = 0.0  # fleet seconds fixed laptops keep quiet after the policy change
     storm: bool = False  # every tenant rotated, five times the laggards
 
     def real(self, fleet_seconds: float) -> float:
@@ -140,6 +141,10 @@ class Scenario:
 
 
 MARGIN_REAL: Final = 0.75  # real seconds kept clear around events (scheduling jitter, polling)
+# after a policy change, fixed laptops stay quiet this long (real seconds): `driftline run`
+# polls its policy directory every second, so an export sent just after the change may still
+# be judged by the old policy, and the first one of a fix would then resolve a flag twice
+POLICY_GUARD_REAL: Final = 2.5
 
 
 def policy_v1(tenant: str) -> TenantPolicy:
@@ -196,6 +201,7 @@ def scenario(
         policies={t: policy_v1(t) for t in tenants},
         changed={t: policy_v2(t, i) for i, t in enumerate(tenants)},
         margin=MARGIN_REAL * compression,
+        policy_guard=POLICY_GUARD_REAL * compression,
         storm=storm,
     )
 
@@ -388,6 +394,8 @@ def sends(laptop: Laptop, sc: Scenario, seed: int = 7) -> list[Send]:
         if laptop.fix_at is not None and abs(at - laptop.fix_at) < m:
             continue
         if laptop.switch_at is not None and abs(at - laptop.switch_at) < m:
+            continue
+        if laptop.fix_at is not None and -m <= at - sc.policy_at < sc.policy_guard:
             continue
         variant = int(laptop.fix_at is not None and at >= laptop.fix_at)
         accepted = (new and at > sc.rotate_at) or not rotated or at < sc.grace_ends

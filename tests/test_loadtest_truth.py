@@ -98,6 +98,8 @@ def test_sends_keep_clear_of_each_laptops_own_events(
                 assert send.at >= sc.rotate_at + sc.margin and send.accepted
             if laptop.stop_at is not None:
                 assert send.at < laptop.stop_at
+            if laptop.fix_at is not None:  # no fixed state reaches the pipeline with the policy
+                assert not -sc.margin <= send.at - sc.policy_at < sc.policy_guard
 
 
 def test_stale_token_truth_by_role(sc: fm.Scenario, laptops: list[Laptop]) -> None:
