@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-console clean
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-console bench-generator bench clean
 
 help:
 	@echo "make run           install, then run the pipeline on the embedded default"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
 	@echo "make bench-pipeline  measure detectors + store: snapshots/s, latency to ClickHouse, state size"
 	@echo "make bench-console   time the console's page queries for a 100,000-endpoint tenant"
+	@echo "make bench         the standard load tests (10,000 endpoints embedded and on Kafka, a rotation storm)"
+	@echo "make bench-generator measure the load test's generator: exports/s on one core, HTTP and gRPC"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -49,7 +51,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas bus ingest processors actions store driftline tests scripts
+	$(BIN)/mypy schemas bus ingest processors actions store loadtest driftline tests scripts
 
 fmt: install
 	$(BIN)/ruff check --fix .
@@ -69,6 +71,12 @@ bench-pipeline: install
 
 bench-console: install
 	$(BIN)/python -m tests.load.bench_console
+
+bench: install
+	$(BIN)/python -m tests.load.bench
+
+bench-generator: install
+	$(BIN)/python -m tests.load.bench_generator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

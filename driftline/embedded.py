@@ -138,10 +138,18 @@ def query_routes(client: Any, known: Callable[[str], bool]) -> list[web.RouteDef
         names = await asyncio.to_thread(store.queries.service_names, client, tenant)
         return web.json_response(names)
 
+    async def flags(request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant")
+        if not tenant:
+            return web.json_response({"error": "name a tenant"}, status=400)
+        rows = await asyncio.to_thread(store.queries.flag_transitions, client, tenant)
+        return web.json_response(rows, dumps=_dumps)
+
     return [
         web.get("/api/drift", drift),
         web.get("/api/endpoint", endpoint),
         web.get("/api/services", services),
+        web.get("/api/flags", flags),
     ]
 
 

@@ -187,3 +187,15 @@ def service_names(client: Client, tenant: str) -> list[str]:
         {"tenant": tenant},
     )
     return [row["service_name"] for row in rows]
+
+
+def flag_transitions(client: Client, tenant: str) -> list[dict[str, Any]]:
+    """Every flag transition of one tenant, with when the store recorded it: what a load test
+    compares with its ground truth (and times flags by)."""
+    return query_dicts(
+        client,
+        "SELECT endpoint_id, kind, state, flag_id, first_seen, last_seen, recorded_at "
+        "FROM drift_flags FINAL WHERE tenant_id = {tenant:String} "
+        "ORDER BY endpoint_id, kind, first_seen, state DESC",
+        {"tenant": tenant},
+    )

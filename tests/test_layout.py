@@ -22,6 +22,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"schemas", "bus", "store"}),
     "processors": frozenset({"schemas", "bus", "store"}),
     "actions": frozenset({"schemas", "bus", "store"}),
+    "loadtest": frozenset({"schemas", "store"}),
 }
 OURS = frozenset({*ALLOWED, "driftline", "tests"})
 

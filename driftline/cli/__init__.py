@@ -13,7 +13,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from driftline import datadir
-from driftline.cli import actions, console, drift, kafka, mdm, policy, services, tokens
+from driftline.cli import (
+    actions,
+    console,
+    drift,
+    kafka,
+    loadtest,
+    mdm,
+    policy,
+    services,
+    tokens,
+)
 from driftline.errors import NotFound, Unreachable
 
 
@@ -25,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (services, tokens, policy, drift, mdm, actions, console, kafka):
+    for group in (services, tokens, policy, drift, mdm, actions, console, loadtest, kafka):
         group.add_commands(commands)
     return parser
 
