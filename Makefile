@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline clean
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline \
+	bench-hostile soak fuzz clean
 
 help:
 	@echo "make run           install, then run the pipeline on the embedded default"
@@ -15,6 +16,9 @@ help:
 	@echo "make kafka-down    stop it"
 	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
 	@echo "make bench-pipeline  measure detectors + store: snapshots/s, latency to ClickHouse, state size"
+	@echo "make bench-hostile  driftline run under attack: bombs, half-sent bodies, 3x overload, stale bursts"
+	@echo "make soak          steady mixed load for SOAK_SECONDS (default 120): RSS, open files, lag"
+	@echo "make fuzz          the fuzzers with a long budget (make test runs them briefly)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -56,6 +60,16 @@ bench-ingest: install
 
 bench-pipeline: install
 	$(BIN)/python -m tests.load.bench_pipeline
+
+bench-hostile: install
+	$(BIN)/python -m tests.load.bench_hostile
+
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m tests.load.soak --seconds $(SOAK_SECONDS)
+
+fuzz: install
+	DRIFTLINE_FUZZ=long $(BIN)/python -m pytest -q tests/fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

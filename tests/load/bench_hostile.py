@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import time
 
+import httpx
 import uvloop
 from rich.console import Console
 from rich.table import Table
@@ -217,6 +217,25 @@ async def stale_bursts(laptops: int = 60) -> dict[str, float]:
                     third_at[f"acme/{serial}"] = time.monotonic()
             await connection.close()
 
+        seen: dict[str, float] = {}
+        sending = True
+
+        async def watch() -> None:
+            """Poll what `driftline drift` asks, while the laptops send and after."""
+            api = f"http://127.0.0.1:{run.ports['admin']}/api/drift"
+            deadline = time.monotonic() + 30
+            async with httpx.AsyncClient() as client:
+                while time.monotonic() < deadline:
+                    params = {"tenant": "acme", "kind": "stale_token"}
+                    answer = await client.get(api, params=params)
+                    now = time.monotonic()
+                    for row in answer.json():
+                        seen.setdefault(row["endpoint_id"], now)
+                    if not sending and len(seen) >= len(third_at):
+                        return
+                    await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
         start = time.monotonic() + 0.5
         await asyncio.gather(
             *(
@@ -224,18 +243,9 @@ async def stale_bursts(laptops: int = 60) -> dict[str, float]:
                 for i, (serial, offsets) in enumerate(plan.items())
             )
         )
-        seen: dict[str, float] = {}
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            rows = json.loads(
-                run.cli("drift", "--tenant", "acme", "--kind", "stale_token", "--json")
-            )
-            now = time.monotonic()
-            for row in rows:
-                seen.setdefault(row["endpoint_id"], now)
-            if len(seen) >= len(third_at):
-                break
-            await asyncio.sleep(0.25)
+        sending = False
+        await watcher
+
     positives = set(third_at)
     flagged = set(seen)
     delays = [seen[e] - third_at[e] for e in positives & flagged]
