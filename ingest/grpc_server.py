@@ -69,19 +69,21 @@ def _handler(service: Service, ingest: IngestService) -> Any:
         grant = ingest.authenticate(caller)
         budget = ingest.budget
         if isinstance(grant, Denied):
-            # attributed only when a body is to hand cheaply: gRPC reads a message whole
-            # (up to its own limit) or not at all, so a full budget leaves it unread
+            # gRPC hands a message over whole (up to its own limit) or not at all: read only
+            # when the attribution budgets allow and the memory budget has room, and only
+            # the first PREFIX_BYTES are looked into
             prefix = b""
-            if not budget.full:
-                prefix = await _read_one(context)
+            budgeted = not budget.full and ingest.may_attribute(caller)
+            if budgeted:
+                prefix = await _read_one(context, REFUSED_READ_TIMEOUT)
             outcome = ingest.refuse(
                 service.signal, grant, caller, prefix[:PREFIX_BYTES],
-                complete=len(prefix) <= PREFIX_BYTES,
+                complete=len(prefix) <= PREFIX_BYTES, budgeted=budgeted,
             )  # fmt: skip
             await _abort(context, ingest.count(service.signal, caller, outcome))
         if budget.full:
             await _abort(context, ingest.count(service.signal, caller, ingest.over_budget()))
-        body = await _read_one(context)
+        body = await _read_one(context, READ_TIMEOUT)
         size = len(body)
         budget.reserve(size)
         try:
@@ -98,9 +100,18 @@ def _handler(service: Service, ingest: IngestService) -> Any:
     )
 
 
-async def _read_one(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-    """The request's one message (raw bytes: no deserializer), b"" if the client sent none."""
-    message = await context.read()
+READ_TIMEOUT: Final = 60.0  # seconds for a call's message to arrive (HTTP's request timeout)
+REFUSED_READ_TIMEOUT: Final = 2.0  # … of a refused call, read only to attribute it
+
+
+async def _read_one(context: grpc.aio.ServicerContext[Any, Any], seconds: float) -> bytes:
+    """The request's one message (raw bytes: no deserializer); b"" if the client sent none,
+    or none in ``seconds`` (a call that never sends its message holds nothing)."""
+    try:
+        async with asyncio.timeout(seconds):
+            message = await context.read()
+    except TimeoutError:
+        return b""
     return b"" if message is grpc.aio.EOF else bytes(message)
 
 

@@ -250,16 +250,18 @@ class IngestService:
         *,
         json: bool = False,
         complete: bool = False,
+        budgeted: bool = False,
     ) -> Outcome:
         """The 401 for a request without a valid token, counted in an AuthEvent.
 
         ``prefix`` is what the transport kept of the body (at most ``PREFIX_BYTES``, decoded;
         ``complete`` if that is all of it). It is looked into for an identity only within the
-        attribution budgets; the rejection is counted either way.
+        attribution budgets (``budgeted``: ``may_attribute`` said yes already); the rejection
+        is counted either way.
         """
         metrics.rejects(denied.reason.value).inc()
         identity: str | None = None
-        if prefix and self._per_source.take(caller.address) and self._attribution_budget.take():
+        if prefix and (budgeted or self.may_attribute(caller)):
             identity = attribute(
                 prefix,
                 _REQUEST_TYPES[signal],
@@ -275,6 +277,10 @@ class IngestService:
         if denied.detail:
             message += f": {denied.detail}"
         return Outcome(Status.UNAUTHENTICATED, message)
+
+    def may_attribute(self, caller: Caller) -> bool:
+        """Whether a refused request's body may be looked into (takes from both budgets)."""
+        return self._per_source.take(caller.address) and self._attribution_budget.take()
 
     def _note_denied(self, denied: Denied, identity: str | None, address: str) -> None:
         now = self._clock()
