@@ -64,10 +64,10 @@ class ShedOptions:
     # seconds admitted requests take from arrival to answer (least of the last ``window``)
     # past which to shed: where the work is elsewhere (the store's group commit, Kafka, gRPC's
     # threads) the loop need not be late, but requests queue
-    target_queue: float = 0.5
+    target_queue: float = 1.0
     window: float = 0.1
     # seconds an empty gRPC call to ourselves may take (grpc_server.Probe) before shedding
-    target_probe: float = 0.1
+    target_probe: float = 0.25
     period: float = 0.01  # how often the lag is sampled
     smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
     step_up: float = 0.05  # shed probability added per sample over target

@@ -118,6 +118,7 @@ class IngestService:
         self._auth_tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._wake_flusher = asyncio.Event()
+        self._flusher_until = float("inf")  # when the flusher wakes next by itself
 
     def start(self) -> None:
         """Start the background parts (lag sampling); call on the serving loop."""
@@ -318,13 +319,16 @@ class IngestService:
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
-        self._wake_flusher.set()
+        due = self._coalescer.next_due()
+        if due is not None and due < self._flusher_until:
+            self._wake_flusher.set()  # only when it sleeps past the new due time
 
     async def _flush_forever(self) -> None:
         """Publish held AuthEvents as their intervals end (at most a few every tick)."""
         while True:
             self._wake_flusher.clear()
             due = self._coalescer.next_due()
+            self._flusher_until = float("inf") if due is None else due
             if due is None:
                 await self._wake_flusher.wait()
                 continue

@@ -23,6 +23,11 @@ CORPUS = Path(__file__).parent / "corpus"
 MiB = 1024 * 1024
 
 
+def gzip_(data: bytes, level: int = 9, mtime: int = 0) -> bytes:
+    """gzip with a fixed header time, so the corpus is the same every time it is made."""
+    return gzip.compress(data, level, mtime=mtime)
+
+
 def resource(attributes: dict[str, str]) -> bytes:
     request = ExportMetricsServiceRequest()
     entry = request.resource_metrics.add()
@@ -100,19 +105,20 @@ def entries() -> dict[str, bytes]:
         "body-empty.bin": b"",
         # 4. multi-member gzip (valid: `cat a.gz b.gz`) and gzip's other faults
         "http-multi-member-gzip.raw": http(
-            gzip.compress(good) + gzip.compress(resource({"host.id": "H2"})),
+            gzip_(good) + gzip_(resource({"host.id": "H2"})),
             PROTO,
             AUTH,
             "Content-Encoding: gzip",
         ),
         "http-gzip-bomb-64MiB.raw": http(
-            gzip.compress(b"\0" * (64 * MiB), 9), PROTO, AUTH, "Content-Encoding: gzip"
+            gzip_(b"\0" * (64 * MiB), 9), PROTO, AUTH, "Content-Encoding: gzip"
         ),
-        "http-gzip-truncated.raw": http(
-            gzip.compress(good)[:-6], PROTO, AUTH, "Content-Encoding: gzip"
+        "http-gzip-many-members.raw": http(
+            gzip_(b"") * 2000, PROTO, AUTH, "Content-Encoding: gzip"
         ),
+        "http-gzip-truncated.raw": http(gzip_(good)[:-6], PROTO, AUTH, "Content-Encoding: gzip"),
         "http-gzip-trailing-garbage.raw": http(
-            gzip.compress(good) + b"garbage", PROTO, AUTH, "Content-Encoding: gzip"
+            gzip_(good) + b"garbage", PROTO, AUTH, "Content-Encoding: gzip"
         ),
         "http-deflate-raw.raw": http(
             zlib.compress(good)[2:-4], PROTO, AUTH, "Content-Encoding: deflate"
@@ -178,7 +184,7 @@ def main() -> None:
         old.unlink()
     for name, data in entries().items():
         if len(data) > 256 * 1024:
-            (CORPUS / f"{name}.gz").write_bytes(gzip.compress(data, 9, mtime=0))
+            (CORPUS / f"{name}.gz").write_bytes(gzip_(data))
         else:
             (CORPUS / name).write_bytes(data)
 
