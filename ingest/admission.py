@@ -66,8 +66,6 @@ class ShedOptions:
     # threads) the loop need not be late, but requests queue
     target_queue: float = 1.0
     window: float = 0.1
-    # seconds an empty gRPC call to ourselves may take (grpc_server.Probe) before shedding
-    target_probe: float = 0.25
     period: float = 0.01  # how often the lag is sampled
     smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
     step_up: float = 0.05  # shed probability added per sample over target
@@ -93,7 +91,6 @@ class LoadShedder:
         self.probability = 0.0
         self.lag = 0.0
         self.queue = 0.0  # the least time to answer of the last window, held while none do
-        self.probe = 0.0  # smoothed round trip of the gRPC canary call
         self._window_min = float("inf")
         self._window_started = 0.0
         self.waiting: Callable[[], bool] = lambda: False  # any request on the bus now?
@@ -125,11 +122,6 @@ class LoadShedder:
             await asyncio.sleep(opts.period)
             self.observe(loop.time() - started - opts.period)
 
-    def probed(self, seconds: float) -> None:
-        """A canary call's round trip (see grpc_server.Probe); smoothed like the lag."""
-        self.probe += self.options.smoothing * (seconds - self.probe)
-        metrics.PROBE_SECONDS.set(self.probe)
-
     def waited(self, seconds: float) -> None:
         """An admitted request's time from arrival to answer."""
         self._window_min = min(self._window_min, seconds)
@@ -146,11 +138,7 @@ class LoadShedder:
             self._window_min = float("inf")
             self._window_started = now
         self.lag += opts.smoothing * (max(0.0, lag) - self.lag)
-        if (
-            self.lag > opts.target_lag
-            or self.queue > opts.target_queue
-            or self.probe > opts.target_probe
-        ):
+        if self.lag > opts.target_lag or self.queue > opts.target_queue:
             self.probability = min(opts.max_probability, self.probability + opts.step_up)
         else:
             self.probability = max(0.0, self.probability - opts.step_down)

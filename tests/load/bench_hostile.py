@@ -177,6 +177,10 @@ async def overload(protocol: str, seconds: float) -> dict[str, float]:
         "accepted /s": accepted,
         "accepted vs saturated %": accepted / saturated * 100 if saturated else float("nan"),
         "503/UNAVAILABLE": tally.statuses.get(503, 0),
+        "CANCELLED (gRPC queue limit)": tally.statuses.get(499, 0),
+        "answered or CANCELLED within 2 s %": (
+            (tally.within + tally.cancelled_within) / max(1, tally.sent) * 100
+        ),
         "failed or timed out": tally.statuses.get(0, 0),
         "OK p99 ms": percentile(tally.ok_latencies, 0.99) * 1000,
         "answers p99 ms": percentile(tally.latencies, 0.99) * 1000,
