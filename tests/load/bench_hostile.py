@@ -181,7 +181,8 @@ async def overload(protocol: str, seconds: float) -> dict[str, float]:
         "answered or CANCELLED within 2 s %": (
             (tally.within + tally.cancelled_within) / max(1, tally.sent) * 100
         ),
-        "failed or timed out": tally.statuses.get(0, 0),
+        "failed or timed out": tally.statuses.get(0, 0) - tally.no_connection,
+        "not sent (client pool busy)": tally.no_connection,
         "OK p99 ms": percentile(tally.ok_latencies, 0.99) * 1000,
         "answers p99 ms": percentile(tally.latencies, 0.99) * 1000,
     }

@@ -116,6 +116,7 @@ class Tally:
     ok_latencies: list[float] = field(default_factory=list)
     within: int = 0  # OK or retry-later within the deadline
     cancelled_within: int = 0  # gRPC CANCELLED (the server's queue limit) within it
+    no_connection: int = 0  # not sent: every connection of the client's pool was busy
     sent: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # gRPC codes other than OK
 
@@ -188,7 +189,7 @@ async def open_loop_http(
     token: str,
     rate: float,
     seconds: float,
-    connections: int = 4096,
+    connections: int = 2048,
     deadline: float = 2.0,
 ) -> Tally:
     """``rate`` requests/s for ``seconds`` whatever the answers. Each request takes an idle
@@ -218,6 +219,7 @@ async def open_loop_http(
             idle.popleft()
         if not idle:
             tally.add(0, 0.0, deadline, 503)  # the client ran out of connections
+            tally.no_connection += 1
             continue
         connection = idle.popleft()
         connection.sent.append(due)
