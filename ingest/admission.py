@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from ingest import metrics
-
-log = logging.getLogger(__name__)
 
 
 class MemoryBudget:
@@ -34,6 +31,7 @@ class MemoryBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
+        self._trimmed_at = 0.0
 
     def try_reserve(self, size: int) -> bool:
         if self.in_use and self.in_use + size > self.limit:
@@ -51,7 +49,10 @@ class MemoryBudget:
         self.in_use = max(0, self.in_use - size)
         metrics.BODY_BYTES.set(self.in_use)
         if self.in_use == 0 and size > _TRIM_AFTER:
-            trim_heap()
+            now = time.monotonic()
+            if now - self._trimmed_at > 1.0:  # a trim walks the heap: at most once a second
+                self._trimmed_at = now
+                trim_heap()
 
     @property
     def full(self) -> bool:
