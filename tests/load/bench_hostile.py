@@ -174,6 +174,9 @@ async def overload(protocol: str, seconds: float) -> dict[str, float]:
         "saturated /s": saturated,
         "offered /s": 3 * saturated,
         "answered within 2 s %": tally.within / max(1, tally.sent) * 100,
+        "… of those the client could send %": (
+            tally.within / max(1, tally.sent - tally.no_connection) * 100
+        ),
         "accepted /s": accepted,
         "accepted vs saturated %": accepted / saturated * 100 if saturated else float("nan"),
         "503/UNAVAILABLE": tally.statuses.get(503, 0),
