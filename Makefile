@@ -5,7 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-console bench-generator bench clean
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline \
+	bench-console bench-generator bench bench-hostile soak fuzz clean
 
 help:
 	@echo "make run           install, then run the pipeline on the embedded default"
@@ -19,6 +20,9 @@ help:
 	@echo "make bench-console   time the console's page queries for a 100,000-endpoint tenant"
 	@echo "make bench         the standard load tests (10,000 endpoints embedded and on Kafka, a rotation storm)"
 	@echo "make bench-generator measure the load test's generator: exports/s on one core, HTTP and gRPC"
+	@echo "make bench-hostile  driftline run under attack: bombs, half-sent bodies, 3x overload, stale bursts"
+	@echo "make soak          steady mixed load for SOAK_SECONDS (default 120): RSS, open files, lag"
+	@echo "make fuzz          the fuzzers with a long budget (make test runs them briefly)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -77,6 +81,16 @@ bench: install
 
 bench-generator: install
 	$(BIN)/python -m tests.load.bench_generator
+
+bench-hostile: install
+	$(BIN)/python -m tests.load.bench_hostile
+
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m tests.load.soak --seconds $(SOAK_SECONDS)
+
+fuzz: install
+	DRIFTLINE_FUZZ=long $(BIN)/python -m pytest -q tests/fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from ingest import metrics
-
-log = logging.getLogger(__name__)
 
 
 class MemoryBudget:
@@ -34,6 +31,7 @@ class MemoryBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
+        self._trimmed_at = 0.0
 
     def try_reserve(self, size: int) -> bool:
         if self.in_use and self.in_use + size > self.limit:
@@ -51,7 +49,10 @@ class MemoryBudget:
         self.in_use = max(0, self.in_use - size)
         metrics.BODY_BYTES.set(self.in_use)
         if self.in_use == 0 and size > _TRIM_AFTER:
-            trim_heap()
+            now = time.monotonic()
+            if now - self._trimmed_at > 1.0:  # a trim walks the heap: at most once a second
+                self._trimmed_at = now
+                trim_heap()
 
     @property
     def full(self) -> bool:
@@ -64,10 +65,8 @@ class ShedOptions:
     # seconds admitted requests take from arrival to answer (least of the last ``window``)
     # past which to shed: where the work is elsewhere (the store's group commit, Kafka, gRPC's
     # threads) the loop need not be late, but requests queue
-    target_queue: float = 0.5
+    target_queue: float = 1.0
     window: float = 0.1
-    # seconds an empty gRPC call to ourselves may take (grpc_server.Probe) before shedding
-    target_probe: float = 0.1
     period: float = 0.01  # how often the lag is sampled
     smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
     step_up: float = 0.05  # shed probability added per sample over target
@@ -93,7 +92,6 @@ class LoadShedder:
         self.probability = 0.0
         self.lag = 0.0
         self.queue = 0.0  # the least time to answer of the last window, held while none do
-        self.probe = 0.0  # smoothed round trip of the gRPC canary call
         self._window_min = float("inf")
         self._window_started = 0.0
         self.waiting: Callable[[], bool] = lambda: False  # any request on the bus now?
@@ -125,11 +123,6 @@ class LoadShedder:
             await asyncio.sleep(opts.period)
             self.observe(loop.time() - started - opts.period)
 
-    def probed(self, seconds: float) -> None:
-        """A canary call's round trip (see grpc_server.Probe); smoothed like the lag."""
-        self.probe += self.options.smoothing * (seconds - self.probe)
-        metrics.PROBE_SECONDS.set(self.probe)
-
     def waited(self, seconds: float) -> None:
         """An admitted request's time from arrival to answer."""
         self._window_min = min(self._window_min, seconds)
@@ -146,11 +139,7 @@ class LoadShedder:
             self._window_min = float("inf")
             self._window_started = now
         self.lag += opts.smoothing * (max(0.0, lag) - self.lag)
-        if (
-            self.lag > opts.target_lag
-            or self.queue > opts.target_queue
-            or self.probe > opts.target_probe
-        ):
+        if self.lag > opts.target_lag or self.queue > opts.target_queue:
             self.probability = min(opts.max_probability, self.probability + opts.step_up)
         else:
             self.probability = max(0.0, self.probability - opts.step_down)

@@ -9,10 +9,6 @@ gRPC buffers for a call until then. Duplicate ``authorization`` entries are refu
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import tempfile
 import time
 from typing import Any, Final, NoReturn
 
@@ -20,7 +16,6 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from ingest.admission import LoadShedder
 from ingest.attribution import PREFIX_BYTES
 from ingest.codec import SERVICES, Service, export_response
 from ingest.service import Caller, IngestService, Outcome, Status
@@ -69,19 +64,21 @@ def _handler(service: Service, ingest: IngestService) -> Any:
         grant = ingest.authenticate(caller)
         budget = ingest.budget
         if isinstance(grant, Denied):
-            # attributed only when a body is to hand cheaply: gRPC reads a message whole
-            # (up to its own limit) or not at all, so a full budget leaves it unread
+            # gRPC hands a message over whole (up to its own limit) or not at all: read only
+            # when the attribution budgets allow and the memory budget has room, and only
+            # the first PREFIX_BYTES are looked into
             prefix = b""
-            if not budget.full:
-                prefix = await _read_one(context)
+            budgeted = not budget.full and ingest.may_attribute(caller)
+            if budgeted:
+                prefix = await _read_one(context, REFUSED_READ_TIMEOUT)
             outcome = ingest.refuse(
                 service.signal, grant, caller, prefix[:PREFIX_BYTES],
-                complete=len(prefix) <= PREFIX_BYTES,
+                complete=len(prefix) <= PREFIX_BYTES, budgeted=budgeted,
             )  # fmt: skip
             await _abort(context, ingest.count(service.signal, caller, outcome))
         if budget.full:
             await _abort(context, ingest.count(service.signal, caller, ingest.over_budget()))
-        body = await _read_one(context)
+        body = await _read_one(context, READ_TIMEOUT)
         size = len(body)
         budget.reserve(size)
         try:
@@ -98,9 +95,19 @@ def _handler(service: Service, ingest: IngestService) -> Any:
     )
 
 
-async def _read_one(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-    """The request's one message (raw bytes: no deserializer), b"" if the client sent none."""
-    message = await context.read()
+MAX_UNREQUESTED_SECONDS: Final = 1
+READ_TIMEOUT: Final = 60.0  # seconds for a call's message to arrive (HTTP's request timeout)
+REFUSED_READ_TIMEOUT: Final = 2.0  # … of a refused call, read only to attribute it
+
+
+async def _read_one(context: grpc.aio.ServicerContext[Any, Any], seconds: float) -> bytes:
+    """The request's one message (raw bytes: no deserializer); b"" if the client sent none,
+    or none in ``seconds`` (a call that never sends its message holds nothing)."""
+    try:
+        async with asyncio.timeout(seconds):
+            message = await context.read()
+    except TimeoutError:
+        return b""
     return b"" if message is grpc.aio.EOF else bytes(message)
 
 
@@ -124,6 +131,10 @@ def build_server(
             # a port; only the multi-process supervisor should ask for it.
             ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # grpc.aio takes calls from its core one by one; past capacity they wait there,
+            # before any of our code runs, for up to 30 s by default. Cancel them after a
+            # second instead (CANCELLED: retryable for OTLP exporters), cheaply, in C.
+            ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
         ]
     )
     server.add_generic_rpc_handlers(
@@ -131,59 +142,5 @@ def build_server(
             grpc.method_handlers_generic_handler(s.grpc_name, {"Export": _handler(s, ingest)})
             for s in SERVICES
         ]
-        + [grpc.method_handlers_generic_handler(_PROBE_SERVICE, {"Ping": _ping()})]
     )
     return server
-
-
-# ------------------------------------------------------------------------------ the probe
-
-_PROBE_SERVICE: Final = "driftline.Probe"
-PROBE_METHOD: Final = f"/{_PROBE_SERVICE}/Ping"
-
-
-def _ping() -> Any:
-    async def ping(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return b""
-
-    return grpc.unary_unary_rpc_method_handler(ping, response_serializer=bytes)
-
-
-class Probe:
-    """Times an empty call to this server, through the same queue real calls take.
-
-    grpc.aio accepts calls one at a time from its core; past capacity they queue *before*
-    any handler runs, where neither the event-loop lag nor a handler's own timing can see
-    them. A canary call every ``period`` over a private Unix socket sees that queue, and
-    its round trip feeds the load shedder (``LoadShedder.probed``).
-    """
-
-    def __init__(self, server: grpc.aio.Server, shedder: LoadShedder, period: float = 0.1):
-        self._directory = tempfile.mkdtemp(prefix="driftline-probe-")  # 0700: ours alone
-        self.address = f"unix:{os.path.join(self._directory, 'probe.sock')}"
-        if server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot bind the gRPC probe at {self.address}")
-        self._shedder = shedder
-        self._period = period
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="grpc-probe")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        shutil.rmtree(self._directory, ignore_errors=True)
-
-    async def _run(self) -> None:
-        timeout = 2.0
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            ping = channel.unary_unary(PROBE_METHOD)
-            while True:
-                started = time.monotonic()
-                with contextlib.suppress(grpc.aio.AioRpcError):  # timed out: counts whole
-                    await ping(b"", timeout=timeout)
-                self._shedder.probed(time.monotonic() - started)
-                await asyncio.sleep(self._period)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 _MAX_QUEUED: Final = 8  # pipelined requests waiting per connection before reading pauses
 _MAX_HEAD_BYTES: Final = 64 * 1024  # request line and headers
 _MAX_DISCARD: Final = 64 * 1024  # a refused body up to this is read past (keep-alive)
+_MAX_MEMBERS: Final = 1024  # gzip members in one body (`cat a.gz b.gz …`)
+_INFLATE_CHUNK: Final = 64 * 1024
 _REASONS: Final = {
     100: "Continue",
     200: "OK",
@@ -510,21 +512,43 @@ def _decoded(body: bytes, encoding: str, limit: int) -> tuple[bytes, tuple[int, 
 
 def _inflate(body: bytes, wbits: int, limit: int, members: bool) -> tuple[bytes, bool]:
     """Up to ``limit`` bytes of output, and whether the stream ended where the body does.
-    With ``members``, data after a member's end is the next member (trailing zero bytes, as
-    some writers pad with, are allowed)."""
+
+    With ``members``, data after a member's end starts the next one (at most
+    ``_MAX_MEMBERS``; trailing zero bytes, as some writers pad with, are allowed). The body
+    is fed in ``_INFLATE_CHUNK`` pieces, so what follows a member's end is never copied
+    whole, however many members there are.
+    """
+    view = memoryview(body)
     out: list[bytes] = []
-    size = 0
-    rest = body
-    while True:
-        decoder = zlib.decompressobj(wbits)
-        data = decoder.decompress(rest, limit - size)
+    size = position = 0
+    count = 1
+    decoder = zlib.decompressobj(wbits)
+    pending: bytes | memoryview = b""
+    while pending or position < len(view):
+        if pending:
+            chunk, pending = pending, b""
+        else:
+            chunk = view[position : position + _INFLATE_CHUNK]
+            position += len(chunk)
+        data = decoder.decompress(chunk, limit - size)
         out.append(data)
         size += len(data)
-        if size >= limit or not decoder.eof:
-            return b"".join(out), decoder.eof and not decoder.unused_data
-        rest = decoder.unused_data
-        if not members or not rest.strip(b"\0"):
-            return b"".join(out), not rest.strip(b"\0")
+        if size >= limit:
+            return b"".join(out), False
+        if decoder.eof:
+            rest = decoder.unused_data
+            more = position < len(view)
+            if not rest.strip(b"\0") and not (members and not rest and more):
+                # the end, or zero padding: then it must pad to the end (checked once)
+                return b"".join(out), not view[position:].tobytes().strip(b"\0")
+            if not members:
+                return b"".join(out), False
+            count += 1
+            if count > _MAX_MEMBERS:
+                raise zlib.error(f"more than {_MAX_MEMBERS} gzip members")
+            decoder = zlib.decompressobj(wbits)
+            pending = rest
+    return b"".join(out), decoder.eof
 
 
 def _decoded_prefix(body: bytes, limit: int, complete: bool) -> tuple[bytes, bool]:

@@ -45,8 +45,3 @@ SHED_PROBABILITY = Gauge(
     "Share of new requests currently answered 'retry later'",
     multiprocess_mode="max",
 )
-PROBE_SECONDS = Gauge(
-    "driftline_ingest_grpc_probe_seconds",
-    "Smoothed round trip of an empty gRPC call to this receiver (the shedder's gRPC queue signal)",
-    multiprocess_mode="max",
-)

@@ -67,9 +67,6 @@ class Receiver:
             gate=http_server.build_gate(service),
             budget=service.budget,
         )
-        self._probe = (
-            grpc_server.Probe(self._grpc, service.shedder) if service.shedder is not None else None
-        )
         self.grpc_port = 0
         self.http_port = 0
 
@@ -89,8 +86,6 @@ class Receiver:
         self.http_port = sock.getsockname()[1]
         await self._http.start(sock, opts.tls.ssl_context() if opts.tls is not None else None)
         self.service.start()
-        if self._probe is not None:
-            self._probe.start()
         log.info(
             "OTLP receiver on %s: gRPC %d, HTTP %d%s",
             opts.host,
@@ -101,8 +96,6 @@ class Receiver:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, let in-flight ones finish, then flush AuthEvents."""
-        if self._probe is not None:
-            await self._probe.stop()
         await asyncio.gather(self._grpc.stop(grace), self._http.stop(grace))
         await self.service.stop()
 

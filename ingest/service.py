@@ -118,6 +118,7 @@ class IngestService:
         self._auth_tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._wake_flusher = asyncio.Event()
+        self._flusher_until = float("inf")  # when the flusher wakes next by itself
 
     def start(self) -> None:
         """Start the background parts (lag sampling); call on the serving loop."""
@@ -253,16 +254,18 @@ class IngestService:
         *,
         json: bool = False,
         complete: bool = False,
+        budgeted: bool = False,
     ) -> Outcome:
         """The 401 for a request without a valid token, counted in an AuthEvent.
 
         ``prefix`` is what the transport kept of the body (at most ``PREFIX_BYTES``, decoded;
         ``complete`` if that is all of it). It is looked into for an identity only within the
-        attribution budgets; the rejection is counted either way.
+        attribution budgets (``budgeted``: ``may_attribute`` said yes already); the rejection
+        is counted either way.
         """
         metrics.rejects(denied.reason.value).inc()
         identity: str | None = None
-        if prefix and self._per_source.take(caller.address) and self._attribution_budget.take():
+        if prefix and (budgeted or self.may_attribute(caller)):
             identity = attribute(
                 prefix,
                 _REQUEST_TYPES[signal],
@@ -278,6 +281,10 @@ class IngestService:
         if denied.detail:
             message += f": {denied.detail}"
         return Outcome(Status.UNAUTHENTICATED, message)
+
+    def may_attribute(self, caller: Caller) -> bool:
+        """Whether a refused request's body may be looked into (takes from both budgets)."""
+        return self._per_source.take(caller.address) and self._attribution_budget.take()
 
     def _note_denied(self, denied: Denied, identity: str | None, address: str) -> None:
         now = self._clock()
@@ -315,13 +322,16 @@ class IngestService:
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
-        self._wake_flusher.set()
+        due = self._coalescer.next_due()
+        if due is not None and due < self._flusher_until:
+            self._wake_flusher.set()  # only when it sleeps past the new due time
 
     async def _flush_forever(self) -> None:
         """Publish held AuthEvents as their intervals end (at most a few every tick)."""
         while True:
             self._wake_flusher.clear()
             due = self._coalescer.next_due()
+            self._flusher_until = float("inf") if due is None else due
             if due is None:
                 await self._wake_flusher.wait()
                 continue

@@ -632,6 +632,41 @@ async def test_policy_change_reevaluates_known_endpoints_without_telemetry(
 
 
 @pytest.mark.kafka
+async def test_a_coalesced_auth_event_counts_every_rejected_request(
+    one_worker: Deployment, kafka: str, producer: Any
+) -> None:
+    """The receiver coalesces a burst: 1 event at once, then one standing for 3 more. The
+    Faust worker counts 4 rejected requests (threshold 3) and raises stale_token; a replay
+    of the coalesced event counts nothing more."""
+    names, tenant = one_worker.names, f"t-{uuid.uuid4().hex[:8]}"
+    policy = TenantPolicy(
+        tenant=tenant,
+        version=1,
+        tools=POLICY,
+        token_rotated_at=T0,
+        stale_token=StaleTokenPolicy(threshold=3),
+    )
+    await publish_policy(producer, names, policy)
+    burst = rejected(tenant, "B", at(1.6)).model_copy(
+        update={"count": 3, "first_observed_at": at(0.4)}
+    )
+    async with FlagLog(kafka, names.flags) as flags:
+        await publish(producer, names.auth_events, rejected(tenant, "B", at(0)))
+        await publish(producer, names.auth_events, burst)
+        [raised] = await flags.wait(tenant, 1)
+        assert (raised.kind, raised.state) == (FlagKind.STALE_TOKEN, FlagState.RAISED)
+        assert raised.first_seen == at(1.6) and raised.detail.startswith("3 requests rejected")
+        # one rejection on another endpoint, coalesced 2: below the threshold, no flag
+        await publish(
+            producer,
+            names.auth_events,
+            rejected(tenant, "C", at(1)).model_copy(update={"count": 2}),
+        )
+        await asyncio.sleep(2)
+        assert summary(flags.of(tenant)) == [("B", "stale_token", "raised")]
+
+
+@pytest.mark.kafka
 async def test_poison_messages_are_skipped_and_the_worker_goes_on(
     one_worker: Deployment, kafka: str, producer: Any
 ) -> None:

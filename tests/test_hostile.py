@@ -402,3 +402,20 @@ async def test_an_interval_of_zero_publishes_each_rejection(tmp_path: Path) -> N
     await running.receiver.service.drain()
     assert [e.count for e in events(running)] == [1, 1, 1]
     await running.receiver.stop(grace=0)
+
+
+async def test_a_grpc_call_that_never_sends_its_message_is_refused_in_time(
+    running: RunningReceiver,
+) -> None:
+    never = asyncio.Event()
+
+    async def nothing() -> AsyncIterator[bytes]:
+        await never.wait()
+        yield b""
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await channel.stream_unary(METRICS_PATH)(nothing(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert time.monotonic() - started < 5  # the 2 s read budget of a refused call

@@ -815,3 +815,37 @@ def test_heartbeats_off_and_bounded() -> None:
         bounded.stored(_beat(f"acme/{name}", "2.0.1", 0))
     assert bounded.needed(_beat("acme/a", "2.0.1", 1))  # forgotten first: written again
     assert not bounded.needed(_beat("acme/c", "2.0.1", 1))
+
+
+def test_coalesced_auth_events_are_stored_with_their_count_and_recovered_per_request(
+    client: Client,
+) -> None:
+    from processors.recovery import load_states
+
+    run = auth_event(1).model_copy(
+        update={"count": 3, "first_observed_at": at(0.5), "observed_at": at(2)}
+    )
+    insert(client, auth_event(0).model_copy(update={"endpoint_id": "acme/SN1"}), run)
+    rows = client.query(
+        "SELECT count, first_observed_at, observed_at FROM auth_events FINAL "
+        "WHERE endpoint_id = 'acme/SN1' ORDER BY observed_at"
+    ).result_rows
+    assert [(r[0], r[1], r[2]) for r in rows] == [(1, at(0), at(0)), (3, at(0.5), at(2))]
+    state = load_states(client)["acme/SN1"]
+    # the 4 rejected requests, not the 2 events (at most MAX_STALE_THRESHOLD of them)
+    assert state.rejections == (at(0), at(0.5), at(2), at(2))
+
+
+def test_auth_event_rows_written_before_counts_read_as_one_rejection(bare: Client) -> None:
+    from store import load_migrations
+
+    migrate(bare, migrations=[m for m in load_migrations() if m.version < 8])
+    bare.command(
+        "INSERT INTO auth_events (tenant_id, endpoint_id, identity, token_id, reason, source,"
+        " observed_at) VALUES ('acme', 'acme/OLD', NULL, NULL, 'retired', 's', '2026-11-27')"
+    )
+    migrate(bare)
+    [(count_, first, last)] = bare.query(
+        "SELECT count, first_observed_at, observed_at FROM auth_events"
+    ).result_rows
+    assert count_ == 1 and first == last

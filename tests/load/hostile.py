@@ -115,6 +115,8 @@ class Tally:
     latencies: list[float] = field(default_factory=list)  # of every answered request
     ok_latencies: list[float] = field(default_factory=list)
     within: int = 0  # OK or retry-later within the deadline
+    cancelled_within: int = 0  # gRPC CANCELLED (the server's queue limit) within it
+    no_connection: int = 0  # not sent: every connection of the client's pool was busy
     sent: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # gRPC codes other than OK
 
@@ -127,6 +129,8 @@ class Tally:
             self.ok_latencies.append(latency)
         if status in (200, retry) and latency <= deadline:
             self.within += 1
+        elif status == 499 and latency <= deadline:
+            self.cancelled_within += 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -215,6 +219,7 @@ async def open_loop_http(
             idle.popleft()
         if not idle:
             tally.add(0, 0.0, deadline, 503)  # the client ran out of connections
+            tally.no_connection += 1
             continue
         connection = idle.popleft()
         connection.sent.append(due)
@@ -242,7 +247,11 @@ async def open_loop_grpc(
     pool = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
     calls = [channel.unary_unary(METRICS_PATH) for channel in pool]
     metadata = (("authorization", f"Bearer {token}"),)
-    codes = {grpc.StatusCode.OK: 200, grpc.StatusCode.UNAVAILABLE: 503}
+    codes = {
+        grpc.StatusCode.OK: 200,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.CANCELLED: 499,  # cancelled by the server's queue limit: retryable
+    }
     pending: set[asyncio.Task[None]] = set()
 
     async def one(n: int, scheduled: float) -> None:
