@@ -446,6 +446,23 @@ def still_on_old_token(
     return int(total), rows
 
 
+def latest_tokens(
+    client: Client, tenants: Tenants, rotating: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per endpoint of the rotating tenants (within scope): the token id of its latest accepted
+    request and when. The registry says which ids are retiring (`driftline.rotation`). One row
+    per endpoint, aggregated here, and asked only for tenants in a rotation's grace window."""
+    return _rows(
+        client,
+        "SELECT endpoint_id, argMax(token_id, seen) AS token_id, max(seen) AS last_seen "  # noqa: S608
+        "FROM (SELECT endpoint_id, token_id, max(last_seen) AS seen FROM endpoint_tokens "
+        f"WHERE {scope()} AND tenant_id IN {{rotating:Array(String)}} "
+        "GROUP BY endpoint_id, token_id) GROUP BY endpoint_id",
+        tenants,
+        rotating=list(rotating),
+    )
+
+
 def policy_changelog(client: Client, tenants: Tenants, limit: int = 100) -> list[dict[str, Any]]:
     return _rows(
         client,

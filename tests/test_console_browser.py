@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,15 @@ def test_a_viewer_sees_their_fleets_numbers_and_nothing_else(browser: Any, run: 
         for mark in GLOBEX_MARKS:
             assert mark not in content, (name, mark)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    # rotation progress: A8 is still on acme's retiring token, the nine others moved; globex's
+    # G2, on its own retiring token, stays out (GLOBEX_MARKS above)
+    page.goto(base(run) + "/console/tokens")
+    assert (text(page, "still-count"), text(page, "moved-count")) == ("1", "9")
+    assert column(page, "retiring", 0) == ["acme/A8"]
+    last_seen = datetime.strptime(column(page, "retiring", 2)[0], "%Y-%m-%d %H:%M")
+    ago = datetime.now(UTC).replace(tzinfo=None) - last_seen
+    assert timedelta(minutes=59) < ago < timedelta(minutes=62)  # seeded an hour ago
+    page.screenshot(path=str(SCREENSHOTS / "tokens.png"), full_page=True)
     # another tenant's pages are not reachable by URL either
     assert page.goto(base(run) + "/console/endpoint?id=globex/G0").status == 404
     assert page.goto(base(run) + "/console/?tenant=globex").status == 403
@@ -180,6 +190,10 @@ def test_an_administrator_sees_every_tenant_and_can_pick_one(browser: Any, run: 
     page.goto(base(run) + "/console/tokens?tenant=acme")
     assert text(page, "stale-count") == "1"
     assert column(page, "stale", 0) == ["acme/A7"]
+    assert column(page, "retiring", 0) == ["acme/A8"]
+    page.goto(base(run) + "/console/tokens")  # all tenants: each rotation's laggards
+    assert column(page, "retiring", 0) == ["acme/A8", "globex/G2"]
+    assert text(page, "moved-count") == "11"
     page.context.close()
 
 

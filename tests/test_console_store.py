@@ -122,3 +122,28 @@ async def test_gauges_are_per_tenant_and_kind(seeded: tuple[store.Client, dateti
         ("acme", "retired", 3),
         ("globex", "revoked", 1),
     }
+
+
+async def test_rotation_progress_reads_each_endpoints_latest_token_in_scope(
+    seeded: tuple[store.Client, datetime], tmp_path: Path
+) -> None:
+    from driftline.rotation import rotation_progress
+    from ingest.tokens import TokenStore
+    from tests.support.console_fleet import rotated_registry
+
+    client, now = seeded
+    rows = q.latest_tokens(client, ["acme"], ["acme", "globex"])  # scope wins over the ask
+    assert len(rows) == 10 and all(r["endpoint_id"].startswith("acme/") for r in rows)
+    assert {r["endpoint_id"] for r in rows if r["token_id"] == "ac01d000"} == {"acme/A8"}
+    assert q.latest_tokens(client, None, ["globex"])[0]["endpoint_id"].startswith("globex/")
+    # the seeded ids are the fixed defaults; a registry that rotated gives them meaning
+    tokens = rotated_registry(tmp_path / "tokens.db")
+    records = TokenStore(tmp_path / "tokens.db").records("acme")
+    renamed = {"ac01d000": tokens["acme"][0], "ac2e3000": tokens["acme"][1]}
+    seen = [{**r, "token_id": renamed[r["token_id"]]} for r in rows]
+    progress = rotation_progress(records, seen, now.timestamp() + 60)
+    assert [r.token_id for r in progress.retiring] == [tokens["acme"][0]]
+    assert [(r["endpoint_id"], r["token_id"]) for r in progress.still] == [
+        ("acme/A8", tokens["acme"][0])
+    ]
+    assert progress.moved == 9

@@ -116,34 +116,6 @@ def _cmd_tokens_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def usage_report(
-    records: list[Any], seen: list[dict[str, Any]], now: float
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Endpoints whose latest accepted request used a token in its grace window (retiring),
-    and the ids of those tokens. Pure: the registry's records, the store's rows, the time."""
-    from ingest.tokens import TokenState
-
-    retiring = {r.token_id: r for r in records if r.state(now) is TokenState.GRACE}
-    latest: dict[str, dict[str, Any]] = {}
-    for row in seen:  # rows come oldest last_seen first per endpoint
-        current = latest.get(row["endpoint_id"])
-        if current is None or row["last_seen"] >= current["last_seen"]:
-            latest[row["endpoint_id"]] = row
-    from ingest.tokens import format_time
-
-    still = [
-        {
-            "endpoint_id": endpoint,
-            "token_id": row["token_id"],
-            "last_seen": row["last_seen"],
-            "grace_ends": format_time(retiring[row["token_id"]].expires_at),
-        }
-        for endpoint, row in sorted(latest.items())
-        if row["token_id"] in retiring
-    ]
-    return still, sorted(retiring)
-
-
 def _cmd_tokens_usage(args: argparse.Namespace) -> int:
     import json
     import time
@@ -153,18 +125,22 @@ def _cmd_tokens_usage(args: argparse.Namespace) -> int:
     records = _token_store(args).records(args.tenant)
     if not records:
         raise ValueError(f"tenant {args.tenant!r} has no ingest tokens (driftline tokens create)")
+    from driftline.rotation import rotation_progress
+    from ingest.tokens import format_time
+
     seen = operate(args, "token-usage", {"tenant": args.tenant})
-    still, retiring = usage_report(records, seen, time.time())
+    progress = rotation_progress(records, seen, time.time())
+    retiring = [r.token_id for r in progress.retiring]
+    still = [{**row, "grace_ends": format_time(row["grace_ends"])} for row in progress.still]
     if args.json:
         print(json.dumps({"retiring_tokens": retiring, "endpoints": still}, indent=2))
         return 0
     if not retiring:
         print(f"tenant {args.tenant}: no token is in a rotation's grace window")
         return 0
-    moved = len({row["endpoint_id"] for row in seen}) - len(still)
     print(
         f"tenant {args.tenant}: {len(still)} endpoints still on retiring token(s) "
-        f"{', '.join(retiring)}; {moved} moved to a current token"
+        f"{', '.join(retiring)}; {progress.moved} moved to a current token"
     )
     from driftline.cli.common import print_table
 

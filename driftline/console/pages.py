@@ -25,6 +25,8 @@ from aiohttp import web
 
 from driftline import admin_auth
 from driftline.console import auth, svg
+from driftline.rotation import RotationProgress, rotation_progress
+from ingest.tokens import TokenState, TokenStore
 from store import console as queries
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ def _templates() -> jinja2.Environment:
     )
     env.filters["dt"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M}"
     env.filters["duration"] = human_duration
+    env.filters["epoch"] = lambda v: None if v is None else datetime.fromtimestamp(v, UTC)
     env.filters["number"] = lambda v: "" if v is None else f"{v:,}"
     return env
 
@@ -284,29 +287,50 @@ async def tokens_page(request: web.Request) -> web.Response:
     total, stale = await console.read(queries.still_on_old_token, tenants, page)
     rejected = await console.read(queries.rejected_tokens, tenants)
     registry = await asyncio.to_thread(_registry, console.token_registry, tenants)
+    progress = None
+    if registry["available"]:
+        progress = await _rotation_progress(console, tenants, registry["records"])
+    still_total = len(progress.still) if progress else 0
+    pages = _pages(max(total, still_total), page)
+    start = (pages["page"] - 1) * pages["size"]
     return _render(
         request,
         "tokens.html",
         title="Tokens",
         stale=stale,
+        stale_total=total,
         rejected=rejected,
         registry=registry,
-        pages=_pages(total, page),
+        progress=progress,
+        still=progress.still[start : start + pages["size"]] if progress else [],
+        pages=pages,
     )
+
+
+async def _rotation_progress(
+    console: Console, tenants: tuple[str, ...] | None, records: list[Any]
+) -> RotationProgress:
+    """During a rotation's grace window: who is still on the retiring token, who moved."""
+    now = datetime.now(UTC).timestamp()
+    rotating = sorted({r.tenant_id for r in records if r.state(now) is TokenState.GRACE})
+    seen = await console.read(queries.latest_tokens, tenants, rotating) if rotating else []
+    progress = rotation_progress(records, seen, now)
+    for row in progress.still:
+        row["grace_ends"] = datetime.fromtimestamp(row["grace_ends"], UTC)
+    return progress
 
 
 def _registry(path: Path | None, tenants: tuple[str, ...] | None) -> dict[str, Any]:
     """Token ids, states and rotations from the registry (never tokens: it holds hashes)."""
     if path is None or not path.exists():
-        return {"available": False, "tokens": [], "rotations": []}
-    from ingest.tokens import TokenStore
-
+        return {"available": False, "tokens": [], "rotations": [], "records": []}
     registry = TokenStore(path)
     now = datetime.now(UTC).timestamp()
 
     def mine(tenant: str) -> bool:
         return tenants is None or tenant in tenants
 
+    records = [r for r in registry.records() if mine(r.tenant_id)]
     tokens = [
         {
             "tenant_id": r.tenant_id,
@@ -315,8 +339,7 @@ def _registry(path: Path | None, tenants: tuple[str, ...] | None) -> dict[str, A
             "created_at": datetime.fromtimestamp(r.created_at, UTC),
             "expires_at": datetime.fromtimestamp(r.expires_at, UTC) if r.expires_at else None,
         }
-        for r in registry.records()
-        if mine(r.tenant_id)
+        for r in records
     ]
     rotations = [
         {
@@ -328,7 +351,7 @@ def _registry(path: Path | None, tenants: tuple[str, ...] | None) -> dict[str, A
         for r in registry.rotations()
         if mine(r.tenant_id)
     ]
-    return {"available": True, "tokens": tokens, "rotations": rotations[::-1]}
+    return {"available": True, "tokens": tokens, "rotations": rotations[::-1], "records": records}
 
 
 async def policies_page(request: web.Request) -> web.Response:

@@ -7,10 +7,13 @@ Tenant ``acme`` has 10 endpoints, A0…A9:
 - A0 had outdated_client raised 3 days ago and resolved 2 days ago, after a live force-sync
   2 hours before that: one remediated sync, time to remediate 7,200 s; A6 has a dry-run plan;
 - A7 still sends a retired token (3 rejections after its last accepted snapshot);
+- acme rotated its token a moment ago (1 day of grace): A8's latest snapshot still came with
+  the retiring token, the nine others' with the new one (one still on it, nine moved);
 - A6's Jamf device reports noncompliant; acme pushed policy v1 to Jamf.
 
 Tenant ``globex`` has 3 endpoints, G0…G2, team ``globex-secret-team``, version 9.9.9, G0
-outdated: nothing of it may ever appear in acme's views.
+outdated; globex rotated too, and G2 is still on its retiring token: nothing of it may ever
+appear in acme's views.
 
 ``python -m tests.support.console_fleet DATA`` seeds DATA/clickhouse in a process of its own, so
 the test process never holds the chdb lock a `driftline run` needs.
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import store
+from ingest.tokens import TokenStore
 from schemas import AuthEvent, AuthReason, DriftFlag, EndpointSnapshot, FlagKind, FlagState, Signal
 from schemas.remediation import (
     ActionKind,
@@ -37,8 +41,23 @@ from schemas.remediation import (
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 
+# (retiring, current) token ids per tenant; `seed` replaces them with a real registry's
+TOKENS: dict[str, tuple[str, str]] = {
+    "acme": ("ac01d000", "ac2e3000"),
+    "globex": ("9b01d000", "9b2e3000"),
+}
+STILL_ON_RETIRING = ("A8", "G2")
+
+
 def _snapshot(
-    tenant: str, serial: str, version: str, team: str | None, at: datetime
+    tenant: str,
+    serial: str,
+    version: str,
+    team: str | None,
+    at: datetime,
+    tokens: dict[str, tuple[str, str]] = TOKENS,
+    *,
+    retiring: bool = False,
 ) -> EndpointSnapshot:
     attributes = {"service.name": "claude-code", "device.serial_number": serial}
     if serial == "A5":
@@ -47,6 +66,7 @@ def _snapshot(
         tenant_id=tenant, endpoint_id=f"{tenant}/{serial}", serial_number=serial,
         service_name="claude-code", app_version=version, team_id=team,
         resource_attributes=attributes, signal=Signal.METRICS, observed_at=at, received_at=at,
+        token_id=tokens[tenant][0 if retiring or serial in STILL_ON_RETIRING else 1],
     )  # fmt: skip
 
 
@@ -72,16 +92,20 @@ def _audit(
     )  # fmt: skip
 
 
-def messages(now: datetime) -> list[store.StoreMessage]:
+def messages(
+    now: datetime, tokens: dict[str, tuple[str, str]] = TOKENS
+) -> list[store.StoreMessage]:
     hour, day = timedelta(hours=1), timedelta(days=1)
     out: list[store.StoreMessage] = []
     for i in range(10):
         version = "2.0.14" if i < 6 else "2.0.3"
         team = "web" if i < 5 else ("data" if i < 9 else None)
         if i == 0:  # A0 was outdated until its force-sync fixed it
-            out.append(_snapshot("acme", "A0", "2.0.3", "web", now - 3 * day))
-            out.append(_snapshot("acme", "A0", version, team, now - 2 * day))
-        out.append(_snapshot("acme", f"A{i}", version, team, now - hour))
+            out.append(
+                _snapshot("acme", "A0", "2.0.3", "web", now - 3 * day, tokens, retiring=True)
+            )
+            out.append(_snapshot("acme", "A0", version, team, now - 2 * day, tokens, retiring=True))
+        out.append(_snapshot("acme", f"A{i}", version, team, now - hour, tokens))
     for i in range(6, 10):
         opened = now - (10 - i) * day  # A6 opened 4 days ago … A9 1 day ago
         out.append(
@@ -127,7 +151,7 @@ def messages(now: datetime) -> list[store.StoreMessage]:
         )
     )
     for i in range(3):
-        out.append(_snapshot("globex", f"G{i}", "9.9.9", "globex-secret-team", now - hour))
+        out.append(_snapshot("globex", f"G{i}", "9.9.9", "globex-secret-team", now - hour, tokens))
     out.append(
         _flag("globex", "G0", FlagKind.OUTDATED_CLIENT, FlagState.RAISED, now - day, now - day)
     )
@@ -145,10 +169,12 @@ def messages(now: datetime) -> list[store.StoreMessage]:
     return out
 
 
-async def seed_client(client: store.Client, now: datetime | None = None) -> datetime:
+async def seed_client(
+    client: store.Client, now: datetime | None = None, tokens: dict[str, tuple[str, str]] = TOKENS
+) -> datetime:
     now = now or datetime.now(UTC).replace(microsecond=0)
     async with store.BatchWriter(client) as writer:
-        for message in messages(now):
+        for message in messages(now, tokens):
             await writer.add(message)
     client.insert(
         "policy_changelog",
@@ -161,11 +187,23 @@ async def seed_client(client: store.Client, now: datetime | None = None) -> date
     return now
 
 
+def rotated_registry(path: Path) -> dict[str, tuple[str, str]]:
+    """A token registry where each tenant rotated a moment ago: (retiring, current) ids."""
+    registry = TokenStore(path)
+    tokens = {}
+    for tenant in TOKENS:
+        old, _ = registry.create(tenant)
+        new, _, _ = registry.rotate(tenant, timedelta(days=1), timedelta(days=30))
+        tokens[tenant] = (old, new)
+    return tokens
+
+
 def seed(data: Path) -> None:
+    tokens = rotated_registry(data / "tokens.db")
     client = store.connect(f"chdb://{(data / 'clickhouse').resolve()}")
     try:
         store.migrate(client)
-        asyncio.run(seed_client(client))
+        asyncio.run(seed_client(client, tokens=tokens))
     finally:
         client.close()
 
