@@ -405,7 +405,7 @@ def rejected_tokens(client: Client, tenants: Tenants) -> list[dict[str, Any]]:
     return _rows(
         client,
         "SELECT tenant_id, token_id, reason, uniqExact(endpoint_id) AS endpoints, "  # noqa: S608
-        "count() AS rejections, max(observed_at) AS last_rejected FROM auth_events FINAL "
+        "sum(count) AS rejections, max(observed_at) AS last_rejected FROM auth_events FINAL "
         f"WHERE {scope()} AND tenant_id != '' GROUP BY tenant_id, token_id, reason "
         "ORDER BY last_rejected DESC LIMIT 200",
         tenants,
@@ -419,7 +419,7 @@ def still_on_old_token(
     snapshot since. An endpoint that switched to the new token drops out by itself."""
     body = (
         "FROM (SELECT tenant_id, endpoint_id, any(identity) AS identity, "  # noqa: S608
-        "groupUniqArray(token_id) AS tokens, count() AS rejections, "
+        "groupUniqArray(token_id) AS tokens, sum(count) AS rejections, "
         "max(observed_at) AS last_rejected FROM auth_events FINAL "
         f"WHERE {scope()} AND reason IN ('retired', 'revoked') AND endpoint_id != '' "
         "GROUP BY tenant_id, endpoint_id) AS a "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import store
+from schemas import AuthEvent, AuthReason
 from store import console as q
 from tests.support.console_fleet import seed_client
 
@@ -99,7 +100,7 @@ async def test_endpoint_story(seeded: tuple[store.Client, datetime]) -> None:
 
 
 async def test_rotation_progress(seeded: tuple[store.Client, datetime]) -> None:
-    client, _ = seeded
+    client, now = seeded
     total, rows = q.still_on_old_token(client, ["acme"])
     assert total == 1
     assert (rows[0]["endpoint_id"], rows[0]["tokens"], rows[0]["rejections"]) == (
@@ -107,6 +108,17 @@ async def test_rotation_progress(seeded: tuple[store.Client, datetime]) -> None:
         ["0ldt0ken"],
         3,
     )
+    # one coalesced AuthEvent stands for many rejected requests: they are counted, not the event
+    coalesced = AuthEvent(
+        tenant_id="acme", endpoint_id="acme/A7", identity="A7", token_id="0ldt0ken",
+        reason=AuthReason.RETIRED, source="10.1.2.3", observed_at=now - timedelta(minutes=5),
+        count=40, first_observed_at=now - timedelta(minutes=9),
+    )  # fmt: skip
+    async with store.BatchWriter(client) as writer:
+        await writer.add(coalesced)
+    assert q.still_on_old_token(client, ["acme"])[1][0]["rejections"] == 43
+    [by_token] = q.rejected_tokens(client, ["acme"])
+    assert (by_token["endpoints"], by_token["rejections"]) == (1, 43)
 
 
 async def test_gauges_are_per_tenant_and_kind(seeded: tuple[store.Client, datetime]) -> None:
