@@ -308,7 +308,8 @@ def endpoint(client: Client, tenants: Tenants, endpoint_id: str) -> dict[str, An
     )
     rejections = _rows(
         client,
-        "SELECT tenant_id, reason, token_id, source, observed_at FROM auth_events FINAL "  # noqa: S608
+        "SELECT tenant_id, reason, token_id, source, observed_at, count, first_observed_at "  # noqa: S608
+        "FROM auth_events FINAL "
         f"WHERE {where} ORDER BY observed_at DESC LIMIT 50",
         tenants,
         endpoint=endpoint_id,

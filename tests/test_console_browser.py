@@ -152,6 +152,7 @@ def test_the_endpoint_page_tells_the_story(browser: Any, run: Run) -> None:
     assert column(page, "devices", 3) == ["noncompliant"]
     page.goto(base(run) + "/console/endpoint?id=acme/A7")
     assert column(page, "rejections", 2) == ["0ldt0ken"] * 3
+    assert column(page, "rejections", 4) == ["1"] * 3  # one rejected request per event
     # hostile telemetry is shown as text, never run
     page.goto(base(run) + "/console/endpoint?id=acme/A5")
     assert page.title() != "pwned"
