@@ -15,17 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.iru import IruEmulator
+from tests.support.processes import cli
 from tests.support.serve import Served, in_thread
-
-
-def cli(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

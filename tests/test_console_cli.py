@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from driftline.console import reports
+from tests.support.processes import cli
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +21,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data.mkdir()
     subprocess.run([sys.executable, "-m", "tests.support.console_fleet", str(data)], check=True)
     return data
-
-
-def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_sql_formats_and_scope(data: Path) -> None:

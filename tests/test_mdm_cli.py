@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,20 +15,11 @@ import pytest
 
 from tests.emulators.intune import READ_DEVICES, SYNC_DEVICES, IntuneEmulator
 from tests.emulators.jamf import ALL_PRIVILEGES, JamfEmulator
+from tests.support.processes import cli
 from tests.support.serve import Served, in_thread
 
 SECRET = "jamf-secret-0123456789abcdef"
 GRAPH_SECRET = "graph-secret-0123456789abcdef"
-
-
-def cli(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

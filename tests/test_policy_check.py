@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from store.rows import values_for
 from tests.support.drift import outdated_laptop
 from tests.support.embedded import Run
 from tests.support.otel import claude_resource, export_metrics
+from tests.support.processes import cli as driftline
 
 
 def test_a_reported_name_passes_and_a_typo_gets_the_closest_known_name() -> None:
@@ -33,13 +32,6 @@ def test_without_telemetry_or_store_it_says_so_instead_of_unknown() -> None:
     [warning] = tool_warnings(["cursor"], None, "no store yet at /x")
     assert warning == "tool 'cursor': not checked (no store yet at /x)"
     assert tool_warnings(["claude-code"], None, "no store yet") == []  # well known
-
-
-def driftline(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
 
 
 def policy_file(tmp_path: Path, tool: str) -> str:

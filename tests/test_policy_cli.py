@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -12,14 +10,8 @@ import pytest
 
 from schemas import topics
 from schemas.policy import TenantPolicy
+from tests.support.processes import cli as driftline
 from tests.test_receiver_kafka import read_key
-
-
-def driftline(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
 
 
 def test_versions_grow_and_rotations_are_recorded(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
+from driftline import admin_auth
 from tests.load.fleet import Laptop, metrics_export
 from tests.load.hostile import (
     HttpConnection,
@@ -232,10 +233,12 @@ async def stale_bursts(laptops: int = 60) -> dict[str, float]:
             """Poll what `driftline drift` asks, while the laptops send and after."""
             api = f"http://127.0.0.1:{run.ports['admin']}/api/drift"
             deadline = time.monotonic() + 30
-            async with httpx.AsyncClient() as client:
+            admin = {"Authorization": f"Bearer {admin_auth.read(run.data)}"}
+            async with httpx.AsyncClient(headers=admin) as client:
                 while time.monotonic() < deadline:
                     params = {"tenant": "acme", "kind": "stale_token"}
                     answer = await client.get(api, params=params)
+                    answer.raise_for_status()
                     now = time.monotonic()
                     for row in answer.json():
                         seen.setdefault(row["endpoint_id"], now)

@@ -8,6 +8,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+
+
+def cli(
+    data: Path, *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """One `driftline` command as its own process over the data directory ``data``."""
+    return subprocess.run(
+        [sys.executable, "-m", "driftline.cli", *args, "--data", str(data)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def free_port() -> int:
