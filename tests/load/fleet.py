@@ -12,16 +12,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
-METRICS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("claude_code.session.count", {}),
-    ("claude_code.lines_of_code.count", {"type": "added"}),
-    ("claude_code.lines_of_code.count", {"type": "removed"}),
-    ("claude_code.cost.usage", {"model": "claude-sonnet-4-5"}),
-    ("claude_code.token.usage", {"type": "input", "model": "claude-sonnet-4-5"}),
-    ("claude_code.token.usage", {"type": "output", "model": "claude-sonnet-4-5"}),
-    ("claude_code.token.usage", {"type": "cacheRead", "model": "claude-sonnet-4-5"}),
-    ("claude_code.active_time.total", {}),
-)
+from loadtest.otlp import CLAUDE_METRICS as METRICS  # one list of Claude Code's metrics
+
 TEAMS = ("platform", "payments", "mobile", "data", "security", "web")
 VERSIONS = ("2.0.8", "2.0.10", "2.0.12", "2.0.14", "2.1.0")
 
