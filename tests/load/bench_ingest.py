@@ -3,7 +3,8 @@
 Starts `driftline ingest` as users do (one process per core sharing the ports), drives it from
 separate load-generator processes with pre-encoded exports over many connections, and prints:
 accepted exports/s and snapshots/s at saturation, p50/p99 latency at a fixed rate (half the
-target), and the receivers' peak RSS.
+target), the receivers' CPU per answered request in each phase (the figure that stays
+stable on a shared machine), and the receivers' peak RSS.
 """
 
 from __future__ import annotations
@@ -101,13 +102,37 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _snapshots_total(admin_port: int) -> float:
+def _counter_total(admin_port: int, name: str) -> float:
+    """Sum of a receiver counter's samples over all labels (and worker processes)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.decode().splitlines()
-        if line.startswith("driftline_ingest_snapshots_total{")
+        if line.startswith(name + "{")
     )
+
+
+def _snapshots_total(admin_port: int) -> float:
+    return _counter_total(admin_port, "driftline_ingest_snapshots_total")
+
+
+class CpuMeter:
+    """Receiver CPU per answered request over one phase: the figure that stays stable when
+    the machine is shared, unlike throughput. Requests are counted by the receivers
+    themselves (every outcome), so the load generator's warm-up is included on both sides."""
+
+    def __init__(self, pid: int, admin_port: int) -> None:
+        self.pid, self.admin_port = pid, admin_port
+        self.cpu, self.requests = self._read()
+
+    def _read(self) -> tuple[float, float]:
+        return cpu_seconds(self.pid), _counter_total(
+            self.admin_port, "driftline_ingest_requests_total"
+        )
+
+    def ms_per_request(self) -> float:
+        cpu, requests = self._read()
+        return 1000 * (cpu - self.cpu) / max(requests - self.requests, 1)
 
 
 def bench(
@@ -130,6 +155,7 @@ def bench(
         try:
             wait_ready(admin_port, receiver)
             before, began = _snapshots_total(admin_port), time.perf_counter()
+            meter = CpuMeter(receiver.pid, admin_port)
             port = grpc_port if protocol == "grpc" else http_port
             saturated = run_load(
                 generator, payloads, protocol, port, token, args.seconds,
@@ -138,10 +164,13 @@ def bench(
             snapshots_per_second = (_snapshots_total(admin_port) - before) / (
                 time.perf_counter() - began
             )
+            saturated_cpu = meter.ms_per_request()
+            meter = CpuMeter(receiver.pid, admin_port)
             paced = run_load(
                 generator, payloads, protocol, port, token, args.seconds,
                 rate=args.rate or args.target / 2, connections=args.connections,
             )  # fmt: skip
+            paced_cpu = meter.ms_per_request()
             rss = _peak_rss_mib(receiver.pid)
         finally:
             receiver.terminate()
@@ -151,10 +180,12 @@ def bench(
         "snapshots/s": snapshots_per_second,  # the receivers' own count, warm-up included
         "failed": saturated["failed"],
         "sat p99 ms": saturated["p99_ms"],
+        "sat CPU ms": saturated_cpu,
         "paced/s": paced["rate"],
         "paced failed": paced["failed"],
         "p50 ms": paced["p50_ms"],
         "p99 ms": paced["p99_ms"],
+        "paced CPU ms": paced_cpu,
         "peak RSS MiB": rss,
     }
 
@@ -190,7 +221,7 @@ def main() -> None:
                 columns = list(row)
                 print(f"{'bus/protocol':14}" + "".join(f"{c:>13}" for c in columns))
             label = f"{bus}/{protocol}"
-            print(f"{label:14}" + "".join(f"{row[c]:>13.1f}" for c in columns), flush=True)
+            print(f"{label:14}" + "".join(f"{row[c]:>13.{3 if 'CPU' in c else 1}f}" for c in columns), flush=True)
 
 
 if __name__ == "__main__":
