@@ -200,6 +200,11 @@ class KafkaBus:
             async with asyncio.timeout(self.options.publish_timeout):
                 # send() only enqueues (awaiting when the batch buffer is full: backpressure);
                 # the returned futures resolve when the broker has acknowledged the batch.
+                # Nearly every export is one resource: one record, one future, no gather.
+                if len(records) == 1:
+                    record = records[0]
+                    await (await producer.send(record.topic, record.value, key=record.key.encode()))
+                    return
                 acks = [await producer.send(r.topic, r.value, key=r.key.encode()) for r in records]
                 await asyncio.gather(*acks)
         except TimeoutError as error:

@@ -54,7 +54,9 @@ def build_service(settings: Settings, bus: Bus) -> IngestService:
         max_inflight=settings.max_inflight,
         auth_event_interval=settings.auth_event_interval,
         max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
-        shedding=ShedOptions(target_lag=settings.shed_lag) if settings.shed_lag > 0 else None,
+        shedding=ShedOptions(target_lag=settings.shed_lag, target_queue=settings.shed_queue)
+        if settings.shed_lag > 0
+        else None,
     )
     return IngestService(Authenticator(settings.token_registry), bus, options)
 

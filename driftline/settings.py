@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # event-loop lag (seconds) past which the receiver sheds new requests (503 / UNAVAILABLE);
     # 0 turns shedding off
     shed_lag: float = Field(0.05, ge=0)
+    # least time (seconds) admitted requests took to be answered, over 100 ms, past which the
+    # receiver sheds: the queue is behind the loop (the store's group commit, Kafka)
+    shed_queue: float = Field(0.25, gt=0)
     # TLS on both receivers: PEM certificate chain and key; with a client CA, clients must
     # present a certificate it signed
     tls_cert: Path | None = None

@@ -65,7 +65,7 @@ class ShedOptions:
     # seconds admitted requests take from arrival to answer (least of the last ``window``)
     # past which to shed: where the work is elsewhere (the store's group commit, Kafka, gRPC's
     # threads) the loop need not be late, but requests queue
-    target_queue: float = 1.0
+    target_queue: float = 0.25
     window: float = 0.1
     period: float = 0.01  # how often the lag is sampled
     smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
@@ -85,6 +85,12 @@ class LoadShedder:
     every ``period`` and moving the shed probability up while either is over its target
     and down while both are under (additive both ways) holds the receiver near its
     capacity: admitted requests stay fast, the rest get a cheap 503/UNAVAILABLE at once.
+
+    Steps are per unit of time, not per sample: a sample that comes 300 ms late (the loop
+    was busy with 2,048 connections' requests) moves the probability as much as the thirty
+    samples that did not come. Per-sample steps made the controller slowest exactly when it
+    had to act fastest, and at three times capacity the receiver collapsed (every request
+    timed out) before shedding caught up.
     """
 
     def __init__(self, options: ShedOptions | None = None) -> None:
@@ -138,13 +144,19 @@ class LoadShedder:
                 self.queue = 0.0  # none finished and none waits: idle, not stuck
             self._window_min = float("inf")
             self._window_started = now
-        self.lag += opts.smoothing * (max(0.0, lag) - self.lag)
+        lag = max(0.0, lag)
+        periods = min(_MAX_PERIODS, 1.0 + lag / opts.period)  # this sample stands for these
+        self.lag += (1.0 - (1.0 - opts.smoothing) ** periods) * (lag - self.lag)
         if self.lag > opts.target_lag or self.queue > opts.target_queue:
-            self.probability = min(opts.max_probability, self.probability + opts.step_up)
+            step = opts.step_up * periods
+            self.probability = min(opts.max_probability, self.probability + step)
         else:
-            self.probability = max(0.0, self.probability - opts.step_down)
+            self.probability = max(0.0, self.probability - opts.step_down * periods)
         metrics.LOOP_LAG.set(self.lag)
         metrics.SHED_PROBABILITY.set(self.probability)
+
+
+_MAX_PERIODS: Final = 100.0  # a sample stands for at most this many periods (1 s at 10 ms)
 
 
 # ----------------------------------------------------------------------- returning memory

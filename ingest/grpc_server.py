@@ -56,7 +56,7 @@ def _handler(service: Service, ingest: IngestService) -> Any:
         # `read()` below, so shedding and authentication happen before it is
         arrived = time.monotonic()
         metadata = context.invocation_metadata() or ()
-        authorizations = tuple(str(v) for k, v in metadata if k == "authorization")
+        authorizations = tuple([str(v) for k, v in metadata if k == "authorization"])
         caller = Caller("grpc", peer_address(context.peer()), authorizations)
         refused = ingest.admit()
         if refused is not None:

@@ -9,6 +9,7 @@ without a valid token keeps only ``PREFIX_BYTES`` of its body, for attribution.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from google.protobuf.json_format import MessageToJson
@@ -60,7 +61,9 @@ def build_gate(ingest: IngestService) -> Gate:
             return Admission(discard=True)
         refused = ingest.admit()
         if refused is not None:  # shed: a small body is read past, to keep the connection
-            return Admission(discard=True, context=refused)
+            ingest.count(service.signal, _caller(request), refused)
+            answer = _shed_answer(service, refused, request.content_type)
+            return Admission(discard=True, context=refused, answer=answer)
         grant = ingest.authenticate(_caller(request))
         if isinstance(grant, Denied):
             return Admission(keep=PREFIX_BYTES, context=grant)
@@ -112,6 +115,12 @@ def build_handler(ingest: IngestService) -> Handler:
         return _answer(service, outcome, content_type)
 
     return handle
+
+
+@functools.lru_cache(maxsize=64)
+def _shed_answer(service: Service, outcome: Outcome, content_type: str) -> Response:
+    """The same few bytes for every shed request: built once, not per request."""
+    return _answer(service, outcome, content_type)
 
 
 def _caller(request: Request) -> Caller:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ingest.http1 import Request, Response, Server, ServerOptions
+from ingest.http1 import Admission, Gate, Request, Response, Server, ServerOptions
 
 
 @dataclass
@@ -31,8 +31,9 @@ async def running() -> AsyncIterator[Running]:
 class serving:
     """A server whose handler echoes what it got: ``<method> <path> <body>`` or the problem."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, gate: Gate | None = None) -> None:
         self.options = options
+        self.gate = gate
 
     async def __aenter__(self) -> Running:
         seen: list[Request] = []
@@ -48,7 +49,7 @@ class serving:
             echo = f"{request.method} {request.path} ".encode() + request.body
             return Response(200, echo, headers={"X-Peer": request.peer})
 
-        self.server = Server(handle, self.options)
+        self.server = Server(handle, self.options, gate=self.gate)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -102,6 +103,42 @@ async def test_pipelined_requests_are_answered_in_order(running: Running) -> Non
     for n in range(20):
         assert (await response(reader))[2] == f"POST /p{n} x".encode()
     writer.close()
+
+
+def _shedding_gate(request: Request) -> Admission:
+    """Answers /shed from the headers, as the receiver does past capacity."""
+    if request.path == "/shed":
+        return Admission(discard=True, answer=Response(503, b"busy", headers={"Retry-After": "1"}))
+    return Admission()
+
+
+async def test_answers_decided_at_the_headers_skip_the_handler_and_keep_the_connection() -> None:
+    async with serving(ServerOptions(max_body_bytes=1000), _shedding_gate) as run:
+        reader, writer = await connect(run.port)
+        for _ in range(3):
+            writer.write(post("/shed", b"x" * 500))
+            status, headers, body = await response(reader)
+            assert (status, body, headers["retry-after"]) == (503, b"busy", "1")
+        writer.write(post("/after", b"ok"))  # the same connection, body read past each time
+        status, _, body = await response(reader)
+        assert (status, body) == (200, b"POST /after ok")
+        assert [r.path for r in run.seen] == ["/after"]
+        writer.close()
+
+
+async def test_an_answer_decided_at_the_headers_waits_its_turn_behind_pipelined_ones() -> None:
+    async with serving(ServerOptions(max_body_bytes=1000), _shedding_gate) as run:
+        reader, writer = await connect(run.port)
+        writer.write(post("/slow", b"1") + post("/shed", b"2") + post("/p3", b"3"))
+        await asyncio.sleep(0.2)  # all three are in; /slow's handler is waiting
+        run.release.set()
+        answers = [await response(reader) for _ in range(3)]
+        assert [(status, body) for status, _, body in answers] == [
+            (200, b"POST /slow 1"),
+            (503, b"busy"),
+            (200, b"POST /p3 3"),
+        ]
+        writer.close()
 
 
 async def test_a_malformed_request_is_400_and_closed_while_others_are_served(

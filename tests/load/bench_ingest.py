@@ -221,7 +221,8 @@ def main() -> None:
                 columns = list(row)
                 print(f"{'bus/protocol':14}" + "".join(f"{c:>13}" for c in columns))
             label = f"{bus}/{protocol}"
-            print(f"{label:14}" + "".join(f"{row[c]:>13.{3 if 'CPU' in c else 1}f}" for c in columns), flush=True)
+            cells = "".join(f"{row[c]:>13.{3 if 'CPU' in c else 1}f}" for c in columns)
+            print(f"{label:14}" + cells, flush=True)
 
 
 if __name__ == "__main__":

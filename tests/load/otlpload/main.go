@@ -15,6 +15,8 @@
 // on the wire, "failed" also counts those refused by the -max-inflight cap
 // (errors.overload), latencies are of successful requests, and "seconds" runs
 // from the end of the warm-up until the last counted request finished.
+// "within" counts, per outcome ("ok" or the error key), the answers that came
+// within -deadline of their start: what a load-shedding receiver promises.
 //
 // Unless GOMAXPROCS is set it runs Go code on one core at a time: on a 2-core
 // machine that costs less CPU per request and leaves the receiver the rest.
@@ -79,6 +81,8 @@ type stats struct {
 	failed    int
 	latencies []time.Duration
 	errors    map[string]int
+	within    map[string]int
+	deadline  time.Duration
 	lastDone  time.Time
 }
 
@@ -87,6 +91,13 @@ func (s *stats) record(key string, sent bool, latency time.Duration) {
 	defer s.mu.Unlock()
 	if sent {
 		s.sent++
+	}
+	if sent && latency <= s.deadline {
+		outcome := key
+		if outcome == "" {
+			outcome = "ok"
+		}
+		s.within[outcome]++
 	}
 	if key == "" {
 		s.ok++
@@ -114,6 +125,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "measured run time")
 	warmup := flag.Duration("warmup", 0, "time before the measurement whose requests are not counted")
 	timeout := flag.Duration("timeout", 10*time.Second, "per-request timeout")
+	deadline := flag.Duration("deadline", 2*time.Second, "answers within this long of their start are counted in \"within\"")
 	flag.Parse()
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
@@ -149,7 +161,7 @@ func main() {
 
 	var next atomic.Uint64
 	body := func() []byte { return bodies[(next.Add(1)-1)%uint64(len(bodies))] }
-	s := &stats{errors: map[string]int{}}
+	s := &stats{errors: map[string]int{}, within: map[string]int{}, deadline: *deadline}
 	start := time.Now()
 	measured := start.Add(*warmup)
 	end := measured.Add(*duration)
@@ -217,8 +229,9 @@ func main() {
 		P99     float64        `json:"p99_ms"`
 		Max     float64        `json:"max_ms"`
 		Errors  map[string]int `json:"errors"`
+		Within  map[string]int `json:"within"`
 	}{s.sent, s.ok, s.failed, seconds, float64(s.ok) / seconds,
-		ms(0.50), ms(0.90), ms(0.99), ms(1), s.errors})
+		ms(0.50), ms(0.90), ms(0.99), ms(1), s.errors, s.within})
 }
 
 func readPayloads(path string) ([][]byte, error) {

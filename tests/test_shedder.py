@@ -1,0 +1,82 @@
+"""The load shedder's controller (ingest/admission.py), driven sample by sample, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.admission import LoadShedder, ShedOptions
+
+OPTS = ShedOptions()  # period 10 ms, lag target 50 ms, queue target 250 ms
+
+
+def _shedder() -> LoadShedder:
+    shedder = LoadShedder(OPTS)
+    shedder.waiting = lambda: False
+    return shedder
+
+
+def test_an_idle_receiver_sheds_nothing() -> None:
+    shedder = _shedder()
+    for n in range(1000):
+        shedder.observe(0.001, now=n * OPTS.period)
+    assert shedder.probability == 0.0
+    assert all(shedder.admit() for _ in range(1000))
+
+
+def test_one_gc_pause_sheds_nothing() -> None:
+    """A single 40 ms hiccup stays under the lag target once smoothed."""
+    shedder = _shedder()
+    shedder.observe(0.040, now=0.0)
+    assert shedder.probability == 0.0
+
+
+def test_a_late_sample_counts_as_the_samples_that_did_not_come() -> None:
+    """The loop busy for 100 ms: one sample arrives where eleven were due, and moves the
+    shed probability eleven steps, not one (the controller's pace is per second)."""
+    late = _shedder()
+    late.observe(0.100, now=0.11)
+    assert late.probability == pytest.approx(11 * OPTS.step_up)
+    # and back down by step_down per period once the smoothed lag is under target again
+    for n in range(80):
+        late.observe(0.0, now=0.2 + n * OPTS.period)
+    assert late.probability == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sustained_lag_sheds_almost_everything_but_never_all() -> None:
+    shedder = _shedder()
+    for n in range(200):
+        shedder.observe(0.2, now=n * 0.21)
+    assert shedder.probability == OPTS.max_probability
+    admitted = sum(shedder.admit() for _ in range(10_000))
+    assert 50 < admitted < 500  # ~2 % still measure the receiver
+
+
+def test_shedding_stops_once_the_loop_keeps_up_again() -> None:
+    shedder = _shedder()
+    shedder.observe(1.0, now=1.0)
+    assert shedder.probability == OPTS.max_probability
+    # under target: the probability falls by step_down per 10 ms, to nothing within ~1 s
+    for n in range(1, 120):
+        shedder.observe(0.0, now=1.0 + n * OPTS.period)
+    assert shedder.probability == 0.0
+
+
+def test_a_standing_queue_behind_the_loop_sheds() -> None:
+    """The loop is on time but every request waits 400 ms for the store: shed."""
+    shedder = _shedder()
+    for n in range(50):
+        shedder.waited(0.4)
+        shedder.observe(0.0, now=n * OPTS.period)
+    assert shedder.queue == pytest.approx(0.4)
+    assert shedder.probability > 0.1
+
+
+def test_a_burst_whose_queue_drains_sheds_nothing() -> None:
+    """Some requests wait long, but the least wait of each window is short: no standing
+    queue (CoDel's signal), so nothing is shed."""
+    shedder = _shedder()
+    for n in range(50):
+        shedder.waited(0.9)
+        shedder.waited(0.02)
+        shedder.observe(0.0, now=n * OPTS.period)
+    assert shedder.probability == 0.0
