@@ -151,7 +151,9 @@ def bench(
 
         command += ["--bootstrap", kafka_bootstrap()]
     with (data / "receiver.log").open("wb") as log:
-        receiver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # shedding off: this measures capacity (bench-hostile measures the shedding)
+        env = {**os.environ, "DRIFTLINE_SHED_LAG": "0"}
+        receiver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_ready(admin_port, receiver)
             before, began = _snapshots_total(admin_port), time.perf_counter()
