@@ -9,6 +9,7 @@ gRPC buffers for a call until then. Duplicate ``authorization`` entries are refu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Final, NoReturn
 
@@ -42,8 +43,10 @@ def peer_address(peer: str) -> str:
     return peer
 
 
+@functools.lru_cache(maxsize=64)
 def _retry_details(code: grpc.StatusCode, message: str, seconds: int) -> bytes:
-    """google.rpc.Status with RetryInfo, which OTLP exporters read to pace their retries."""
+    """google.rpc.Status with RetryInfo, which OTLP exporters read to pace their retries.
+    Cached: past capacity every shed call carries the same few bytes."""
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail])
