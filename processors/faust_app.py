@@ -125,7 +125,8 @@ class _Batch:
     held until they arrive (the invariant above, per batch instead of per event)."""
 
     acks: list[asyncio.Future[Any]] = field(default_factory=list)
-    stores: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # key, value, generation
+    # the latest state of each endpoint the batch changed, and the event's consumer generation
+    stores: dict[bytes, tuple[codec.Stored, int]] = field(default_factory=dict)
     messages: list[Any] = field(default_factory=list)  # whose offsets may be committed after
 
 
@@ -151,7 +152,7 @@ class Processors:
     _commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _settle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _batch: _Batch = field(default_factory=_Batch)
-    _overlay: dict[bytes, bytes] = field(default_factory=dict)  # states not yet in the table
+    _overlay: dict[bytes, codec.Stored] = field(default_factory=dict)  # not yet in the table
     _sweep_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     _partitioner: DefaultPartitioner = field(default_factory=DefaultPartitioner)
 
@@ -221,13 +222,22 @@ class Processors:
             if batch.acks:
                 await asyncio.gather(*batch.acks)
             generation = self.app.consumer_generation_id
-            for key, value, stored_generation in batch.stores:
+            if batch.stores:
+                producer = self.app.producer._ensure_producer()  # aiokafka's; private in Faust
+                changelog = self.table.changelog_topic.get_topic_name()
+                store = self.table.data
+            for key, (stored, stored_generation) in batch.stores.items():
                 # the generation, not ``rebalancing``: a revoke settles events handled before
                 # it, as their writes would have been made before it had they not waited
                 if stored_generation == generation:
-                    self.table[key] = value
+                    # what ``table[key] = value`` does, without Faust's per-write machinery:
+                    # the local store, and the changelog record (partitioned by its key, as
+                    # the table's ``use_partitioner``), flushed before the next commit
+                    value = codec.encode(stored.state, stored.policy)
+                    store[key] = value
+                    await producer.send(changelog, value, key=key)
                     self.stats.state_writes += 1
-                if self._overlay.get(key) is value:
+                if self._overlay.get(key) is stored:
                     del self._overlay[key]
             offsets = self.offsets
             for message in batch.messages:
@@ -344,14 +354,17 @@ class Processors:
 
     async def _emit(self, key: bytes, flags: list[DriftFlag]) -> None:
         """Send flags; their acks are awaited by ``settle``, before the state is written."""
+        producer = self.app.producer._ensure_producer()  # aiokafka's: Faust's buffer skipped
+        topic = self.flags_topic.get_topic_name()
         for flag in flags:
-            self._batch.acks.append(await self.flags_topic.send(key=key, value=flag.to_json()))
+            self._batch.acks.append(await producer.send(topic, flag.to_json(), key=key))
         self.stats.flags += len(flags)
 
     def _load(self, key: bytes) -> codec.Stored | None:
-        value = self._overlay.get(key)
-        if value is None:
-            value = self.table.get(key)
+        pending = self._overlay.get(key)
+        if pending is not None:
+            return pending
+        value = self.table.get(key)
         if value is None:
             return None
         try:
@@ -365,9 +378,9 @@ class Processors:
     def _store(self, key: bytes, state: EndpointState, policy: str, generation: int) -> None:
         if generation != self.app.consumer_generation_id or self.app.rebalancing:
             raise Stale  # a worker losing the partition must not write its changelog
-        value = codec.encode(state, policy)
-        self._overlay[key] = value  # what later events of this endpoint see until settled
-        self._batch.stores.append((key, value, generation))
+        stored = codec.Stored(state, policy)  # encoded once per batch, by ``settle``
+        self._overlay[key] = stored  # what later events of this endpoint see until settled
+        self._batch.stores[key] = (stored, generation)
 
     # -------------------------------------------------------------------------------- policy
 
@@ -542,15 +555,15 @@ class Processors:
             partition = self.partition_of(key)
             if partition not in active:
                 continue  # memory stores keep keys of partitions taken away: not ours
-            value = self._overlay.get(key)
-            if value is None:
+            stored = self._overlay.get(key)
+            if stored is None:
                 value = self.table.get(key)
-            if value is None:
-                continue
-            try:
-                stored = codec.decode_stored(value)
-            except codec.CodecError:
-                continue
+                if value is None:
+                    continue
+                try:
+                    stored = codec.decode_stored(value)
+                except codec.CodecError:
+                    continue
             tenant = stored.state.tenant_id
             if tenants is not None and tenant not in tenants:
                 continue

@@ -409,8 +409,7 @@ def faust_drain(count: int, profile: Path | None) -> None:
     print(
         f"  Faust worker (Kafka): {result['rate']:,.0f} snapshots/s draining {count:,} "
         f"snapshots over 2,000 endpoints, worker CPU {result['cpu_ms']:.3f} ms per snapshot "
-        f"(load average {load})"
-        + (f", profile in {profile}" if profile is not None else "")
+        f"(load average {load})" + (f", profile in {profile}" if profile is not None else "")
     )
 
 
