@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from aiokafka.structs import TopicPartition
+
 import store
 from bus import MemoryBus, Record, kafka_local
 from driftline.embedded import Pipeline
@@ -390,9 +392,17 @@ async def _faust_throughput(
             assert first is not None
             drained = count - first[1]
             cpu = cpu_seconds(worker.pid) - first[2]
+            rate = drained / max(time.monotonic() - first[0], 1e-6)
+            # what the worker wrote for those offsets (flushed before it committed them):
+            # a worker that skipped its work would be fast too
+            written = await _record_counts(
+                bootstrap, [names.flags, f"{group}-endpoint-state-changelog"]
+            )
             return {
-                "rate": drained / max(time.monotonic() - first[0], 1e-6),
+                "rate": rate,
                 "cpu_ms": cpu * 1000 / max(drained, 1),
+                "flags": written[names.flags],
+                "states": written[f"{group}-endpoint-state-changelog"],
             }
         finally:
             await admin.close()
@@ -403,13 +413,41 @@ async def _faust_throughput(
             worker.wait(30)
 
 
+async def _record_counts(bootstrap: str, topics_: list[str]) -> dict[str, int]:
+    """Records in each topic (end offsets summed over partitions; nothing is deleted here)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, partition)
+            for topic in topics_
+            for partition in consumer.partitions_for_topic(topic)
+            or await _partitions(consumer, topic)
+        ]
+        ends = await consumer.end_offsets(tps)
+        return {
+            topic: sum(end for tp, end in ends.items() if tp.topic == topic) for topic in topics_
+        }
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # aiokafka learns topics lazily
+    return set(consumer.partitions_for_topic(topic) or ())
+
+
 def faust_drain(count: int, profile: Path | None) -> None:
     result = asyncio.run(faust_throughput(count, 2_000, profile=profile))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         f"  Faust worker (Kafka): {result['rate']:,.0f} snapshots/s draining {count:,} "
         f"snapshots over 2,000 endpoints, worker CPU {result['cpu_ms']:.3f} ms per snapshot "
-        f"(load average {load})" + (f", profile in {profile}" if profile is not None else "")
+        f"(load average {load}); it wrote {result['flags']:,.0f} flags and "
+        f"{result['states']:,.0f} state records"
+        + (f", profile in {profile}" if profile is not None else "")
     )
 
 
