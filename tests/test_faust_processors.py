@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import inspect
 import json
 import os
 import random
@@ -336,6 +338,21 @@ async def test_the_worker_fetches_and_produces_in_batches(tmp_path: Path) -> Non
     finally:
         await consumer.stop()
     assert app.conf.producer_linger == 0.02
+
+
+def test_the_fetch_loop_replaces_the_faust_loop_it_was_copied_from(tmp_path: Path) -> None:
+    """``_batching_consumer`` replaces Faust's fetch loop with a copy that skips a race of two
+    tasks per record (half the worker's CPU, bench-faust). An upgrade that changes Faust's loop
+    must be read again before the copy is trusted, and the hook must still be the one used."""
+    import faust.transport.consumer as faust_consumer
+    from faust.transport.drivers import aiokafka as aiokafka_driver
+
+    consumer = build("127.0.0.1:9", data_dir=tmp_path).app.consumer
+    assert type(consumer)._drain_messages is not aiokafka_driver.Consumer._drain_messages
+    faust_loop = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert hashlib.sha256(faust_loop.encode()).hexdigest()[:16] == "44a2500309e83c63"
+    fetcher = inspect.getsource(faust_consumer.Fetcher)
+    assert "await consumer._drain_messages(self)" in fetcher
 
 
 async def test_the_offset_guard_processes_each_offset_once_in_order() -> None:
