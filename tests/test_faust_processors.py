@@ -440,6 +440,21 @@ async def test_a_batch_writes_each_endpoint_once_with_its_latest_state() -> None
     assert processors.stats.state_writes == 1
 
 
+async def test_a_state_replaced_in_the_table_is_read_afresh() -> None:
+    """Decoded states are reused only while the table holds the bytes they came from: a
+    changelog replay (a takeover, a recovery) writes new bytes, and those win."""
+    processors, _ = guarded(0)
+    old = EndpointState(tenant_id="acme", endpoint_id="acme/A", last_event_at=T0)
+    processors._store(b"acme/A", old, "p", generation=3)
+    await processors.settle()
+    loaded = processors._load(b"acme/A")
+    assert loaded is not None and loaded.state == old
+    new = dataclasses.replace(old, last_event_at=T0 + timedelta(hours=1))
+    processors.table[b"acme/A"] = codec.encode(new, "q")  # as a changelog replay writes it
+    loaded = processors._load(b"acme/A")
+    assert loaded == codec.Stored(new, "q")
+
+
 async def test_offsets_are_committable_only_once_their_batch_settled() -> None:
     processors, _ = guarded(10)
     tp = ("snapshots", 0)
