@@ -8,6 +8,9 @@ the answer time is that latency) at the target rate and at three quarters of it,
 worker draining a backlog, and telemetry → flag-in-ClickHouse latency through the Kafka
 deployment (ingest, two Faust workers, the sink, a broker of its own) sustained for 30 s at the
 target rate, three quarters and half of it, with the CPU each process used per snapshot.
+
+``--only faust-drain`` (``make bench-faust``) runs the Faust drain alone, ``--runs`` times,
+with the worker's CPU per snapshot; ``--profile FILE`` samples the worker with py-spy.
 """
 
 from __future__ import annotations
