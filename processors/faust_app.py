@@ -269,7 +269,9 @@ class Processors:
                 if stored_generation == generation:
                     # what ``table[key] = value`` does, without Faust's per-write machinery:
                     # the local store, and the changelog record (partitioned by its key, as
-                    # the table's ``use_partitioner``), flushed before the next commit
+                    # the table's ``use_partitioner``), flushed before the next commit. Faust's
+                    # callback on a sent changelog record records the offset for persistent
+                    # stores; the memory store keeps none (``build``), so nothing is skipped
                     value = codec.encode(stored.state, stored.policy)
                     store[key] = value
                     self._decoded[key] = (value, stored)
