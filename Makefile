@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline \
+.PHONY: help install run test test-fast lint fmt kafka-up kafka-down bench-ingest bench-pipeline bench-faust \
 	bench-console bench-generator bench bench-hostile soak fuzz clean
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make kafka-down    stop it"
 	@echo "make bench-ingest  measure the receiver: exports/s, snapshots/s, latency, memory"
 	@echo "make bench-pipeline  measure detectors + store: snapshots/s, latency to ClickHouse, state size"
+	@echo "make bench-faust     one Faust worker draining a backlog: snapshots/s, CPU per snapshot"
 	@echo "make bench-console   time the console's page queries for a 100,000-endpoint tenant"
 	@echo "make bench         the standard load tests (10,000 endpoints embedded and on Kafka, a rotation storm)"
 	@echo "make bench-generator measure the load test's generator: exports/s on one core, HTTP and gRPC"
@@ -72,6 +73,9 @@ bench-ingest: install
 
 bench-pipeline: install
 	$(BIN)/python -m tests.load.bench_pipeline
+
+bench-faust: install
+	$(BIN)/python -m tests.load.bench_pipeline --only faust-drain $(BENCH_ARGS)
 
 bench-console: install
 	$(BIN)/python -m tests.load.bench_console

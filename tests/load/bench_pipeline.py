@@ -8,13 +8,18 @@ the answer time is that latency) at the target rate and at three quarters of it,
 worker draining a backlog, and telemetry → flag-in-ClickHouse latency through the Kafka
 deployment (ingest, two Faust workers, the sink, a broker of its own) sustained for 30 s at the
 target rate, three quarters and half of it, with the CPU each process used per snapshot.
+
+``--only faust-drain`` (``make bench-faust``) runs the Faust drain alone, ``--runs`` times,
+with the worker's CPU per snapshot; ``--profile FILE`` samples the worker with py-spy.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from aiokafka.structs import TopicPartition
 
 import store
 from bus import MemoryBus, Record, kafka_local
@@ -304,21 +311,30 @@ async def _kafka_hops(bootstrap: str) -> dict[str, float]:
     return {"processor_p50": gaps[len(gaps) // 2] if gaps else float("nan")}
 
 
-async def faust_throughput(count: int, endpoints: int, partitions: int = 12) -> float:
-    """Snapshots/s of one Faust worker draining a pre-produced backlog from the real broker.
+async def faust_throughput(
+    count: int, endpoints: int, partitions: int = 12, profile: Path | None = None
+) -> dict[str, float]:
+    """Snapshots/s of one Faust worker draining a pre-produced backlog from the real broker,
+    and the worker's CPU milliseconds per snapshot (the figure that holds on a shared machine).
 
-    Measured from the worker's first committed offset to the last, so start-up and the
-    group join are not counted.
+    Both are measured from the worker's first committed offset to the last, so start-up and
+    the group join are not counted. With ``profile``, py-spy samples the worker meanwhile and
+    writes a speedscope profile there (which slows the worker a little).
     """
 
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     with fresh_broker(data) as bootstrap:
-        return await _faust_throughput(data, bootstrap, count, endpoints, partitions)
+        return await _faust_throughput(data, bootstrap, count, endpoints, partitions, profile)
 
 
 async def _faust_throughput(
-    data: Path, bootstrap: str, count: int, endpoints: int, partitions: int
-) -> float:
+    data: Path,
+    bootstrap: str,
+    count: int,
+    endpoints: int,
+    partitions: int,
+    profile: Path | None,
+) -> dict[str, float]:
     import uuid
 
     from aiokafka import AIOKafkaProducer
@@ -351,10 +367,17 @@ async def _faust_throughput(
              "--partitions", str(partitions)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid),
+                 "--rate", "250", "--format", "speedscope", "--output", str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            first: tuple[float, int] | None = None
+            first: tuple[float, int, float] | None = None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
@@ -364,17 +387,71 @@ async def _faust_throughput(
                     continue
                 done = sum(m.offset for tp, m in offsets.items() if tp.topic == names.snapshots)
                 if done and first is None:
-                    first = (time.monotonic(), done)
+                    first = (time.monotonic(), done, cpu_seconds(worker.pid))
                 if done >= count:
                     break
             else:
                 raise RuntimeError("the worker did not drain the backlog in time")
             assert first is not None
-            return (count - first[1]) / max(time.monotonic() - first[0], 1e-6)
+            drained = count - first[1]
+            cpu = cpu_seconds(worker.pid) - first[2]
+            rate = drained / max(time.monotonic() - first[0], 1e-6)
+            # what the worker wrote for those offsets (flushed before it committed them):
+            # a worker that skipped its work would be fast too
+            written = await _record_counts(
+                bootstrap, [names.flags, f"{group}-endpoint-state-changelog"]
+            )
+            return {
+                "rate": rate,
+                "cpu_ms": cpu * 1000 / max(drained, 1),
+                "flags": written[names.flags],
+                "states": written[f"{group}-endpoint-state-changelog"],
+            }
         finally:
             await admin.close()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                spy.wait(60)
             worker.terminate()
             worker.wait(30)
+
+
+async def _record_counts(bootstrap: str, topics_: list[str]) -> dict[str, int]:
+    """Records in each topic (end offsets summed over partitions; nothing is deleted here)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, partition)
+            for topic in topics_
+            for partition in consumer.partitions_for_topic(topic)
+            or await _partitions(consumer, topic)
+        ]
+        ends = await consumer.end_offsets(tps)
+        return {
+            topic: sum(end for tp, end in ends.items() if tp.topic == topic) for topic in topics_
+        }
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # aiokafka learns topics lazily
+    return set(consumer.partitions_for_topic(topic) or ())
+
+
+def faust_drain(count: int, profile: Path | None) -> None:
+    result = asyncio.run(faust_throughput(count, 2_000, profile=profile))
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(
+        f"  Faust worker (Kafka): {result['rate']:,.0f} snapshots/s draining {count:,} "
+        f"snapshots over 2,000 endpoints, worker CPU {result['cpu_ms']:.3f} ms per snapshot "
+        f"(load average {load}); it wrote {result['flags']:,.0f} flags and "
+        f"{result['states']:,.0f} state records"
+        + (f", profile in {profile}" if profile is not None else "")
+    )
 
 
 def main() -> None:
@@ -388,7 +465,19 @@ def main() -> None:
     parser.add_argument("--faust-snapshots", type=int, default=30_000)
     parser.add_argument("--kafka-seconds", type=float, default=30)  # sustained, not a burst
     parser.add_argument("--kafka-workers", type=int, default=2)  # Faust workers: one per core
+    parser.add_argument(
+        "--only", choices=["faust-drain"], help="run one section alone (to iterate on it)"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="repetitions of --only's section")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the draining Faust worker into this speedscope file"
+    )
     args = parser.parse_args()
+    if args.only == "faust-drain":
+        print("bench-faust (one Faust worker draining a backlog)")
+        for _ in range(args.runs):
+            faust_drain(args.faust_snapshots, args.profile)
+        return
     print("bench-pipeline (embedded and the Faust drain: one worker each)")
     for resolution, what in ((0.0, "every snapshot written"), (60.0, "re-exports coalesced")):
         throughput, rows = asyncio.run(
@@ -410,11 +499,7 @@ def main() -> None:
             f"peak RSS {latency['rss']:.0f} MiB"
             + ("" if latency["stopped"] else " (DID NOT STOP within 60 s of SIGTERM: killed)")
         )
-    faust = asyncio.run(faust_throughput(args.faust_snapshots, 2_000))
-    print(
-        f"  Faust worker (Kafka): {faust:,.0f} snapshots/s draining "
-        f"{args.faust_snapshots:,} snapshots over 2,000 endpoints"
-    )
+    faust_drain(args.faust_snapshots, args.profile)
     for rate in (args.rate, args.rate * 0.75, args.rate / 2):
         through_kafka = kafka_latency(rate, args.kafka_seconds, args.kafka_workers)
         cpu: dict[str, float] = through_kafka["cpu_ms"]
