@@ -255,6 +255,11 @@ def render(result: Mapping[str, Any]) -> Any:
             f"{row['fn']:,}",
         )
     lines: list[Any] = [speed_table, accuracy]
+    if skipped := result.get("not_judged"):
+        lines.append(
+            f"  not in this run: {', '.join(skipped)} (a remote target's tokens and policies "
+            "are not loadtest's to change); a kind with nothing expected was not judged"
+        )
     for kind, row in result["accuracy"].items():
         for miss in row.get("misses", []):
             lines.append(f"  missed {kind}: {miss}")
