@@ -172,7 +172,12 @@ def policy_v2(tenant: str, pattern: int) -> TenantPolicy:
 
 
 def scenario(
-    endpoints: int, rate: float, duration: float, tenants: tuple[str, ...], storm: bool = False
+    endpoints: int,
+    rate: float,
+    duration: float,
+    tenants: tuple[str, ...],
+    storm: bool = False,
+    controls: bool = True,
 ) -> Scenario:
     """The timeline for ``endpoints`` laptops sending ``rate`` exports/s for ``duration`` s.
 
@@ -180,11 +185,15 @@ def scenario(
     the generator sends ``rate`` on average. The first tenant's token is rotated at a quarter,
     its grace ends at a third, drifted laptops are fixed at half, quiet ones stop before the
     policy change at 0.7, and the last 20% leave time for every consequence to be seen.
+    Without ``controls`` (a remote target: no token registry to rotate in, no policy directory
+    to write) nobody is rotated and the policies stay as they are.
     """
     if endpoints < 1 or rate <= 0 or duration < 20:
         raise ValueError("need at least one endpoint, a positive rate and a 20 s duration")
     if not tenants:
         raise ValueError("need at least one tenant")
+    if storm and not controls:
+        raise ValueError("a rotation storm rotates tokens: it needs the token registry")
     natural = endpoints * NATURAL_RATE * 1.1  # about one laptop in ten runs a second tool
     compression = rate / natural
     span = duration * compression
@@ -192,14 +201,14 @@ def scenario(
         span=span,
         compression=compression,
         tenants=tenants,
-        rotated=tenants if storm else tenants[:1],
+        rotated=(tenants if storm else tenants[:1]) if controls else (),
         rotate_at=0.25 * span,
         grace_ends=0.35 * span,
         fix_at=0.5 * span,
         quiet_at=0.45 * span,
         policy_at=0.7 * span,
         policies={t: policy_v1(t) for t in tenants},
-        changed={t: policy_v2(t, i) for i, t in enumerate(tenants)},
+        changed={t: policy_v2(t, i) if controls else policy_v1(t) for i, t in enumerate(tenants)},
         margin=MARGIN_REAL * compression,
         policy_guard=POLICY_GUARD_REAL * compression,
         storm=storm,

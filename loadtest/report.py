@@ -175,6 +175,11 @@ def speed(stats: Stats, protocol: str) -> dict[str, Any]:
             if stats.cpu_seconds
             else None,
             "lag_p99_ms": quantile(list(stats.lag_ms), 0.99),
+            "pool_wait_ms": {
+                "p50": quantile(list(stats.pool_wait_ms), 0.5),
+                "p99": quantile(list(stats.pool_wait_ms), 0.99),
+                "max": max(stats.pool_wait_ms, default=None),
+            },
         },
     }
 
@@ -241,6 +246,11 @@ def render(result: Mapping[str, Any]) -> Any:
     gen = sp["generator"]
     speed_table.add_row("generator CPU per export", _fmt(gen["cpu_us_per_export"], " µs", 0))
     speed_table.add_row("generator lag behind schedule p99", _fmt(gen["lag_p99_ms"], " ms"))
+    wait = gen["pool_wait_ms"]
+    speed_table.add_row(
+        "waited for a free connection p50 / p99",
+        f"{_fmt(wait['p50'], ' ms')} / {_fmt(wait['p99'], ' ms')}",
+    )
     accuracy = Table(title="accuracy against ground truth")
     for column in ("kind", "expected", "precision", "recall", "tp", "fp", "fn"):
         accuracy.add_column(column, justify="left" if column == "kind" else "right")
@@ -255,6 +265,11 @@ def render(result: Mapping[str, Any]) -> Any:
             f"{row['fn']:,}",
         )
     lines: list[Any] = [speed_table, accuracy]
+    if skipped := result.get("not_judged"):
+        lines.append(
+            f"  not in this run: {', '.join(skipped)} (a remote target's tokens and policies "
+            "are not loadtest's to change); a kind with nothing expected was not judged"
+        )
     for kind, row in result["accuracy"].items():
         for miss in row.get("misses", []):
             lines.append(f"  missed {kind}: {miss}")
@@ -266,6 +281,13 @@ def render(result: Mapping[str, Any]) -> Any:
             f"  warning: exports waited up to {lat['max'] / 1000:,.1f} s, more than the "
             f"{gap:,.1f} s between the fixes and the policy change: the pipeline may have seen "
             "some of them in another order than they were sent, and judged them by it"
+        )
+    if (wait["p99"] or 0) > 1000:
+        lines.append(
+            f"  warning: exports waited up to {wait['max'] / 1000:,.1f} s in the generator for a "
+            "free connection: the pipeline answered slower than --connections / --rate allows, "
+            "so part of the latency above is queueing in the generator (more --connections "
+            "spreads it over the pipeline, as a fleet's own connections would)"
         )
     for example in sp["unexpected_examples"]:
         lines.append(f"  unexpected answer: {example}")

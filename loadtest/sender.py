@@ -48,6 +48,9 @@ class Stats:
     latency_ms: array[float] = field(default_factory=lambda: array("d"))
     sent_at: array[float] = field(default_factory=lambda: array("d"))  # seconds from start
     lag_ms: array[float] = field(default_factory=lambda: array("d"))
+    # from the scheduled time to the request going out: a pool with no free connection (HTTP)
+    # or call slot (gRPC) makes exports wait here, in the generator, not in the pipeline
+    pool_wait_ms: array[float] = field(default_factory=lambda: array("d"))
     triggers: dict[tuple[int, int], float] = field(default_factory=dict)  # wall clock
     controls: dict[str, float] = field(default_factory=dict)  # control event → wall clock
     cpu_seconds: float = 0.0
@@ -94,6 +97,8 @@ class _HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.current = item
         self.began = self.pool.loop.time()
+        # sends go out up to 1 ms early (the schedule's slack): count those as no wait
+        self.pool.stats.pool_wait_ms.append(max(0.0, self.began - item[2]) * 1000)
         self.transport.writelines(item[1])
 
     def data_received(self, data: bytes) -> None:
@@ -290,6 +295,7 @@ class GrpcPool:
         self, send: Send, metadata: tuple[tuple[str, str], ...], body: bytes, due: float
     ) -> None:
         self._next = (self._next + 1) % len(self._calls)
+        self.stats.pool_wait_ms.append(max(0.0, self.loop.time() - due) * 1000)
         call = self._calls[self._next][send.signal](body, metadata=metadata, timeout=self.timeout)
         self._inflight += 1
         call.add_done_callback(lambda done: self._done(send, due, done))
@@ -398,6 +404,7 @@ def merge(parts: list[Stats]) -> Stats:
         total.latency_ms.extend(part.latency_ms)
         total.sent_at.extend(part.sent_at)
         total.lag_ms.extend(part.lag_ms)
+        total.pool_wait_ms.extend(part.pool_wait_ms)
         total.triggers.update(part.triggers)
         total.controls.update(part.controls)
     return total

@@ -5,6 +5,12 @@ own tenants, tokens and policies through the data directory, exactly as `driftli
 `driftline policy set` do, rotates a token and changes the policies mid-run, then reads the
 flags back (the running pipeline's admin API, or ClickHouse with ``--clickhouse``) and reports
 accuracy and speed.
+
+A remote target (``--target HOST:PORT``) is not ours to set up: give each tenant's ingest token
+with ``--token-file TENANT=PATH``, publish the policies the fleet assumes there (write them with
+``--policies-out DIR``), and say where the flags are read (``--clickhouse DSN``, or the
+pipeline's admin API with ``--admin URL --admin-token-file F``). A remote run has no token
+rotation and no policy change: both need the pipeline's own data directory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from driftline.cli.common import add_setting_flags, policies_of, publish_policy, settings_of, utc
 
@@ -30,15 +36,111 @@ def _target(args: argparse.Namespace, settings: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-class FlagReader:
-    """Flag transitions of the run's tenants: from the running `driftline run`, or ClickHouse."""
+class Remote(NamedTuple):
+    """What a remote target needs from the user: tenants and their tokens, a flag source."""
 
-    def __init__(self, data: Path, clickhouse: str | None, bootstrap: str | None = None) -> None:
+    tokens: dict[str, str]  # tenant -> bearer token, in the order given
+    admin: str | None  # base URL of the pipeline's admin API
+    admin_token: str | None
+
+
+def _tenant_files(pairs: list[str]) -> dict[str, Path]:
+    """``TENANT=PATH`` pairs (``--token-file``), tenant ids checked, none twice."""
+    from schemas.identity import check_tenant_id
+
+    files: dict[str, Path] = {}
+    for pair in pairs:
+        tenant, sep, path = pair.partition("=")
+        if not sep or not tenant or not path:
+            raise ValueError(f"--token-file takes TENANT=PATH, got {pair!r}")
+        check_tenant_id(tenant)
+        if tenant in files:
+            raise ValueError(f"--token-file names tenant {tenant!r} twice")
+        files[tenant] = Path(path)
+    return files
+
+
+def _secret(path: Path, flag: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: cannot read it ({error.strerror})") from None
+    if not value:
+        raise ValueError(f"{flag} {path}: the file is empty")
+    return value
+
+
+def remote_plan(args: argparse.Namespace) -> Remote | None:
+    """None for a local pipeline (set up through ``--data``); else what the user gave for a
+    remote one. A remote target without tokens, or without a flag source, is an error naming
+    the flag: loadtest never makes a local token a remote pipeline would not know."""
+    if not args.token_file:
+        if args.target is not None:
+            raise ValueError(
+                "--target names a remote receiver, whose tokens loadtest cannot create: give "
+                "each tenant's ingest token with --token-file TENANT=PATH (for a local "
+                "`driftline run`, leave out --target and use --data and --http-port/--grpc-port)"
+            )
+        if args.admin is not None or args.admin_token_file is not None:
+            raise ValueError("--admin reads a remote pipeline's flags: give --token-file too")
+        return None
+    if args.rotation_storm:
+        raise ValueError(
+            "--rotation-storm rotates tokens, which needs the pipeline's token registry: run it "
+            "against a local `driftline run` (without --token-file)"
+        )
+    tokens = {tenant: _secret(path, "--token-file") for tenant, path in
+              _tenant_files(args.token_file).items()}  # fmt: skip
+    if args.admin is not None and args.clickhouse is not None:
+        raise ValueError("read the flags from --admin or from --clickhouse, not both")
+    if args.admin is None and args.clickhouse is None:
+        raise ValueError(
+            "a remote run reads its flags back from the pipeline: give --admin URL with "
+            "--admin-token-file FILE (`driftline run`'s admin API), or --clickhouse DSN"
+        )
+    admin_token = None
+    if args.admin is not None:
+        if args.admin_token_file is None:
+            raise ValueError("--admin needs --admin-token-file (the pipeline's DATA/admin.token)")
+        admin_token = _secret(Path(args.admin_token_file), "--admin-token-file")
+    elif args.admin_token_file is not None:
+        raise ValueError("--admin-token-file goes with --admin URL")
+    return Remote(tokens, args.admin.rstrip("/") if args.admin else None, admin_token)
+
+
+def write_policies(tenants: list[str], out: Path) -> list[Path]:
+    """The policies the fleet assumes (one JSON file per tenant), for `driftline policy set`."""
+    from loadtest.fleet import policy_v1
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for tenant in tenants:
+        path = out / f"{tenant}.json"
+        policy = policy_v1(tenant)
+        path.write_text(policy.model_dump_json(indent=2, exclude={"version"}) + "\n")
+        written.append(path)
+    return written
+
+
+class FlagReader:
+    """Flag transitions of the run's tenants: from the running `driftline run` (its admin API),
+    or ClickHouse."""
+
+    def __init__(
+        self,
+        data: Path,
+        clickhouse: str | None,
+        bootstrap: str | None = None,
+        admin: tuple[str, str] | None = None,
+    ) -> None:
         self.clickhouse = clickhouse
         self.bootstrap = bootstrap
         self.base: str | None = None
         self.headers: dict[str, str] = {}
-        if clickhouse is None and bootstrap is None:
+        if admin is not None:
+            self.base = admin[0]
+            self.headers["Authorization"] = f"Bearer {admin[1]}"
+        elif clickhouse is None and bootstrap is None:
             from driftline import admin_auth, datadir
 
             running = datadir.running(data)
@@ -60,12 +162,20 @@ class FlagReader:
             import httpx
 
             for tenant in tenants:
-                response = httpx.get(
-                    f"{self.base}/api/flags",
-                    params={"tenant": tenant},
-                    headers=self.headers,
-                    timeout=60,
-                )
+                try:
+                    response = httpx.get(
+                        f"{self.base}/api/flags",
+                        params={"tenant": tenant},
+                        headers=self.headers,
+                        timeout=60,
+                    )
+                except httpx.HTTPError as error:
+                    raise ValueError(f"cannot read flags from {self.base}: {error}") from None
+                if response.status_code in (401, 403):
+                    raise ValueError(
+                        f"the admin API at {self.base} refused us ({response.status_code}): "
+                        f"{response.text[:200]}"
+                    )
                 response.raise_for_status()
                 rows += response.json()
             return rows
@@ -151,42 +261,69 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     settings = settings_of(args)
-    reader = FlagReader(
-        settings.data, args.clickhouse, settings.bootstrap if settings.bus == "kafka" else None
-    )
+    if args.policies_out is not None:
+        if not args.token_file:
+            raise ValueError("--policies-out writes the policies of the --token-file tenants")
+        written = write_policies(list(_tenant_files(args.token_file)), Path(args.policies_out))
+        for path in written:
+            print(path)
+        console.print(
+            "publish them where the pipeline runs (`driftline policy set FILE` for each), "
+            "then run loadtest again without --policies-out"
+        )
+        return 0
+    remote = remote_plan(args)
     run_id = secrets.token_hex(3)
-    tenants = tuple(f"lt{run_id}-{n}" for n in range(args.tenants))
-    sc = fleet_model.scenario(
-        args.endpoints, args.rate, args.duration, tenants, args.rotation_storm
+    if remote is None:
+        tenants = tuple(f"lt{run_id}-{n}" for n in range(args.tenants))
+        seed = 7 if args.seed is None else args.seed
+    else:  # the user's tenants: fresh serials each run (a random seed), so earlier runs'
+        # endpoints in those tenants are not judged
+        tenants = tuple(remote.tokens)
+        seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    reader = FlagReader(
+        settings.data,
+        args.clickhouse,
+        settings.bootstrap if settings.bus == "kafka" and remote is None else None,
+        (remote.admin, remote.admin_token or "") if remote and remote.admin else None,
     )
-    laptops = fleet_model.fleet(args.endpoints, sc, args.seed)
-    truth = ground_truth(laptops, sc, args.seed)
-    planned = sum(len(fleet_model.sends(laptop, sc, args.seed)) for laptop in laptops)
+    if remote is not None:
+        reader.read(list(tenants))  # refused or unreachable: say so before sending anything
+    sc = fleet_model.scenario(
+        args.endpoints, args.rate, args.duration, tenants, args.rotation_storm, remote is None
+    )
+    laptops = fleet_model.fleet(args.endpoints, sc, seed)
+    truth = ground_truth(laptops, sc, seed)
+    planned = sum(len(fleet_model.sends(laptop, sc, seed)) for laptop in laptops)
 
-    tokens_db = TokenStore(settings.token_registry)
-    policies = policies_of(settings)
     tokens: dict[tuple[str, bool], str] = {}
-    for tenant in tenants:
-        tokens[(tenant, False)] = tokens_db.create(tenant)[1]
-        publish_policy(settings, policies.put(sc.policies[tenant]))
-    remember = parse_duration(settings.token_memory)
-
-    def rotate() -> dict[str, str]:
-        new = {}
-        for tenant in sc.rotated:
-            _, token, rotation = tokens_db.rotate(tenant, sc.grace, remember)
-            publish_policy(settings, policies.record_rotation(tenant, utc(rotation.rotated_at)))
-            new[tenant] = token
-        return new
-
-    def change_policies() -> None:
+    controls: list[Any] = []
+    if remote is not None:
+        tokens = {(tenant, False): token for tenant, token in remote.tokens.items()}
+    else:
+        tokens_db = TokenStore(settings.token_registry)
+        policies = policies_of(settings)
         for tenant in tenants:
-            publish_policy(settings, policies.put(sc.changed[tenant]))
+            tokens[(tenant, False)] = tokens_db.create(tenant)[1]
+            publish_policy(settings, policies.put(sc.policies[tenant]))
+        remember = parse_duration(settings.token_memory)
 
-    controls = [
-        (sc.rotate_at, "token rotation", rotate),
-        (sc.policy_at, "policy change", change_policies),
-    ]
+        def rotate() -> dict[str, str]:
+            new = {}
+            for tenant in sc.rotated:
+                _, token, rotation = tokens_db.rotate(tenant, sc.grace, remember)
+                publish_policy(settings, policies.record_rotation(tenant, utc(rotation.rotated_at)))
+                new[tenant] = token
+            return new
+
+        def change_policies() -> None:
+            for tenant in tenants:
+                publish_policy(settings, policies.put(sc.changed[tenant]))
+
+        controls = [
+            (sc.rotate_at, "token rotation", rotate),
+            (sc.policy_at, "policy change", change_policies),
+        ]
     triggers = {
         (laptop.index, t.seq)
         for laptop in laptops
@@ -202,6 +339,12 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         f"{planned:,} exports over {sc.span / 60:,.1f} fleet minutes in {args.duration:g} s "
         f"(x{sc.compression:.1f}) to {host}:{port} over OTLP/{args.protocol.upper()}"
     )
+    if remote is not None:
+        console.print(
+            "remote target: no token rotation and no policy change (both need the pipeline's "
+            "data directory), so stale_token is not judged; the tenants must have the policies "
+            "of --policies-out"
+        )
     time.sleep(2.0)  # the pipeline polls its policy directory every second
     progress = Progress(
         TextColumn("sending"),
@@ -215,7 +358,8 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         "rate": args.rate,
         "duration": args.duration,
         "tenants": tenants,
-        "seed": args.seed,
+        "seed": seed,
+        "controls": remote is None,
         "protocol": args.protocol,
         "connections": args.connections,
         "host": host,
@@ -234,7 +378,8 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "run": run_id,
         "target": f"{host}:{port}",
-        "fleet": report.fleet_summary(sc, laptops, truth, args.seed),
+        "fleet": report.fleet_summary(sc, laptops, truth, seed),
+        "not_judged": [] if remote is None else ["token rotation", "policy change"],
         "speed": report.speed(stats, args.protocol),
         **report.score(truth, rows, stats, laptops),
     }
@@ -326,8 +471,9 @@ async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
     from loadtest.sender import GrpcPool, HttpPool, Stats, drive
 
     sc = fleet_model.scenario(
-        job["endpoints"], job["rate"], job["duration"], job["tenants"], job["storm"]
-    )
+        job["endpoints"], job["rate"], job["duration"], job["tenants"], job["storm"],
+        job["controls"],
+    )  # fmt: skip
     laptops = fleet_model.fleet(job["endpoints"], sc, job["seed"])
     mine = [laptop for laptop in laptops if laptop.index % job["procs"] == job["slot"]]
     templates = Templates({laptop.index: laptop for laptop in mine})
@@ -502,7 +648,31 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="rotate every tenant's token, with five times the laptops that keep the old one",
     )
-    loadtest.add_argument("--seed", type=int, default=7, help="the fleet's seed (default 7)")
+    loadtest.add_argument(
+        "--seed", type=int, default=None, help="the fleet's seed (default 7; remote: random)"
+    )
+    loadtest.add_argument(
+        "--token-file",
+        action="append",
+        default=[],
+        metavar="TENANT=PATH",
+        help="a remote target's tenant and the file holding its ingest token (repeatable)",
+    )
+    loadtest.add_argument(
+        "--policies-out",
+        default=None,
+        metavar="DIR",
+        help="write the policies the fleet assumes for the --token-file tenants, then stop",
+    )
+    loadtest.add_argument(
+        "--admin", default=None, metavar="URL", help="a remote `driftline run`'s admin API"
+    )
+    loadtest.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="FILE",
+        help="its admin token (DATA/admin.token)",
+    )
     loadtest.add_argument(
         "--connections", type=int, default=64, help="HTTP connections (gRPC: x8 calls in flight)"
     )

@@ -8,7 +8,9 @@
    keeping the old token (retrying, in bursts, then switching).
 
 Each runs `driftline loadtest` as a user would and keeps its JSON report; the summary table
-goes to ``benchmarks/latest.md`` (the README shows it).
+goes to ``benchmarks/latest.md`` and into the README's ``bench:latest`` block. A reduced run
+(``--endpoints/--rate/--duration`` other than the standard, or ``--only``) is a smoke test: its
+reports go to ``--out`` but it touches neither ``latest.md`` nor the README.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": commit,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),  # a shared machine's other work, at the start
     }
 
 
@@ -133,16 +137,31 @@ def row(name: str, result: dict[str, Any]) -> str:
     )
 
 
+README_BLOCK = re.compile(r"(<!-- bench:latest[^>]*-->\n)(.*?)(<!-- /bench:latest -->)", re.S)
+STANDARD = {"endpoints": 10_000, "rate": 1000.0, "duration": 120.0, "only": None}
+
+
+def refresh_readme(readme: Path, table: str) -> bool:
+    """Put ``table`` into the README's bench block; False if the README has none."""
+    text = readme.read_text()
+    new, found = README_BLOCK.subn(lambda m: m.group(1) + table + m.group(3), text)
+    if found:
+        readme.write_text(new)
+    return bool(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--endpoints", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--duration", type=float, default=120)
     parser.add_argument("--only", choices=["embedded", "kafka", "storm"], action="append")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="reports go here")
     args = parser.parse_args()
     chosen = args.only or ["embedded", "kafka", "storm"]
-    out = ROOT / "benchmarks"
-    out.mkdir(exist_ok=True)
+    standard = all(getattr(args, name) == value for name, value in STANDARD.items())
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     fleet = ["--endpoints", str(args.endpoints), "--rate", str(args.rate),
              "--duration", str(args.duration)]  # fmt: skip
@@ -163,7 +182,8 @@ def main() -> None:
     m = results["machine"]
     lines = [
         f"`make bench` at {m['date']} (commit {m['commit']}): {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_mib']:,} MiB, Python {m['python']}; OTLP/HTTP, {args.rate:,.0f} exports/s "
+        f"{m['memory_mib']:,} MiB, Python {m['python']}, load average "
+        f"{m['load_average'][0]:.1f} at the start; OTLP/HTTP, {args.rate:,.0f} exports/s "
         f"offered for {args.duration:.0f} s.",
         "",
         "| scenario | endpoints | exports/s | latency p50 / p99 | time to flag p50 / p99 "
@@ -173,8 +193,15 @@ def main() -> None:
     names = {"embedded": "`driftline run`", "kafka": "Kafka, 2 workers",
              "storm": "rotation storm, `driftline run`"}  # fmt: skip
     lines += [row(names[name], results["scenarios"][name]) for name in chosen]
-    (out / "latest.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = "\n".join(lines) + "\n"
+    (out / f"{stamp}-summary.md").write_text(table)
+    print(table, end="")
+    if standard:
+        (ROOT / "benchmarks" / "latest.md").write_text(table)
+        refreshed = refresh_readme(ROOT / "README.md", table)
+        print("README refreshed" if refreshed else "README has no bench:latest block")
+    else:
+        print("a reduced run: benchmarks/latest.md and the README are left as they were")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,21 @@ Starts `driftline ingest` as users do (one process per core sharing the ports), 
 separate load-generator processes with pre-encoded exports over many connections, and prints:
 accepted exports/s and snapshots/s at saturation, p50/p99 latency at a fixed rate (half the
 target), the receivers' CPU per answered request in each phase (the figure that stays
-stable on a shared machine), and the receivers' peak RSS.
+stable on a shared machine), the receivers' peak RSS, and the generator's CPU per answered
+request.
+
+Generators, chosen per protocol by measured CPU per export on the same payloads (Claude Code
+metrics exports of ~2.9 KB, memory bus, 2 shared cores, 2026-12-06, load average 4-14 from
+other benchmarks; `--generator go|python` repeats it):
+
+- OTLP/HTTP: the Python generator (`tests/load/pyload.py`, the load test's own sender): 31 µs
+  per export saturated and 69 µs paced at 2,500/s, against Go's 40 and 116 µs (a second pair
+  of runs: 43 against 63 µs saturated). No Go needed.
+- OTLP/gRPC: Go (`tests/load/otlpload`, built by the make target with `go build`) stays.
+  Python's grpcio client took 266 µs per export saturated and 289 µs paced, against Go's 136
+  and 165 µs: at the paced 2,500/s it needs ~0.7 of one of the two cores the receiver runs on,
+  and in that run it fell behind (1,719/s answered, p50 1.0 s, where Go held 2,500/s at
+  p50 1.7 ms). A gRPC figure taken with it would measure the generator, not the receiver.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import struct
 import subprocess
 import sys
@@ -30,10 +45,27 @@ OTLPLOAD_SRC = Path(__file__).parent / "otlpload"
 OTLPLOAD_BIN = Path(__file__).resolve().parents[2] / ".cache" / "bin" / "otlpload"
 
 
+PYTHON_GENERATOR = Path("pyload")  # run_load's marker for tests/load/pyload.py
+# Which generator drives each protocol: by measured generator CPU per export (module doc).
+GENERATORS = {"http": "python", "grpc": "go"}
+
+
 def build_generator() -> Path:
     """The Go load generator (Python's gRPC client costs as much CPU as the server)."""
     subprocess.run(["go", "build", "-o", str(OTLPLOAD_BIN), "."], cwd=OTLPLOAD_SRC, check=True)
     return OTLPLOAD_BIN
+
+
+def generator_for(protocol: str, choice: str = "auto") -> Path:
+    """The generator for ``protocol``: ``auto`` follows GENERATORS; Go is built only if used."""
+    kind = GENERATORS[protocol] if choice == "auto" else choice
+    return build_generator() if kind == "go" else PYTHON_GENERATOR
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load generators)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_payloads(path: Path, fleet_size: int) -> int:
@@ -58,6 +90,20 @@ def run_load(
     seconds: float,
     **flags: object,
 ) -> dict[str, Any]:
+    """One load phase from the Go generator, or the Python one (``PYTHON_GENERATOR``); both
+    print the same JSON, plus ``generator_cpu_s``: what the generator process used."""
+    before = children_cpu()
+    if generator == PYTHON_GENERATOR:
+        command = [
+            sys.executable, "-m", "tests.load.pyload", "--payloads", str(payloads),
+            "--mode", protocol, "--port", str(port), "--duration", str(seconds), "--warmup", "1",
+        ]  # fmt: skip
+        for name, value in flags.items():
+            command += [f"--{name.replace('_', '-')}", str(value)]
+        done = subprocess.run(command, input=token + "\n", capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the Python generator failed:\n{done.stderr[-2000:]}")
+        return {**json.loads(done.stdout), "generator_cpu_s": children_cpu() - before}
     target = (
         ["-addr", f"127.0.0.1:{port}"]
         if protocol == "grpc"
@@ -70,7 +116,7 @@ def run_load(
     for name, value in flags.items():
         command += [f"-{name.replace('_', '-')}", str(value)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return {**json.loads(result.stdout), "generator_cpu_s": children_cpu() - before}
 
 
 def _tree(pid: int) -> list[int]:
@@ -134,10 +180,14 @@ class CpuMeter:
         cpu, requests = self._read()
         return 1000 * (cpu - self.cpu) / max(requests - self.requests, 1)
 
+    def requests_since(self) -> float:
+        return self._read()[1] - self.requests
+
 
 def bench(
     bus: str, protocol: str, args: argparse.Namespace, generator: Path, payloads: Path
 ) -> dict[str, float]:
+    """One receiver (``bus``) driven over ``protocol`` at saturation, then paced."""
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     _, token = TokenStore(data / "tokens.db").create("bench")
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
@@ -167,12 +217,14 @@ def bench(
                 time.perf_counter() - began
             )
             saturated_cpu = meter.ms_per_request()
+            saturated_gen = saturated["generator_cpu_s"] / max(meter.requests_since(), 1)
             meter = CpuMeter(receiver.pid, admin_port)
             paced = run_load(
                 generator, payloads, protocol, port, token, args.seconds,
                 rate=args.rate or args.target / 2, connections=args.connections,
             )  # fmt: skip
             paced_cpu = meter.ms_per_request()
+            paced_gen = paced["generator_cpu_s"] / max(meter.requests_since(), 1)
             rss = _peak_rss_mib(receiver.pid)
         finally:
             receiver.terminate()
@@ -189,6 +241,8 @@ def bench(
         "p99 ms": paced["p99_ms"],
         "paced CPU ms": paced_cpu,
         "peak RSS MiB": rss,
+        "gen sat CPU ms": 1000 * saturated_gen,  # the generator's CPU per answered request
+        "gen paced CPU ms": 1000 * paced_gen,
     }
 
 
@@ -203,9 +257,14 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, default=20_000, help="distinct laptops")
     parser.add_argument("--target", type=float, default=5000, help="exports/s goal")
     parser.add_argument("--rate", type=float, default=None, help="paced rate (default target/2)")
+    parser.add_argument(
+        "--generator",
+        choices=["auto", "go", "python"],
+        default="auto",
+        help="load generator (auto: Python for OTLP/HTTP, Go for gRPC; see the module doc)",
+    )
     args = parser.parse_args()
     buses = ["memory", "kafka"] if args.bus == "both" else [args.bus]
-    generator = build_generator()
     payloads = Path(tempfile.mkdtemp(prefix="driftline-bench-")) / "exports.bin"
     size = write_payloads(payloads, args.fleet)
     print(
@@ -215,16 +274,18 @@ def main() -> None:
         f"paced = {args.rate or args.target / 2:.0f}/s; {args.seconds:.0f} s each"
     )
     protocols = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
+    generators = {protocol: generator_for(protocol, args.generator) for protocol in protocols}
+    print("generators: " + ", ".join(f"{p} {g.name}" for p, g in generators.items()))
     columns: list[str] = []
     for bus in buses:
         for protocol in protocols:
-            row = bench(bus, protocol, args, generator, payloads)
+            row = bench(bus, protocol, args, generators[protocol], payloads)
             if not columns:
                 columns = list(row)
                 print(f"{'bus/protocol':14}" + "".join(f"{c:>13}" for c in columns))
             label = f"{bus}/{protocol}"
             cells = "".join(f"{row[c]:>13.{3 if 'CPU' in c else 1}f}" for c in columns)
-            print(f"{label:14}" + cells, flush=True)
+            print(f"{label:14}{cells}", flush=True)
 
 
 if __name__ == "__main__":

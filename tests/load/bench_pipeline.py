@@ -42,8 +42,8 @@ from schemas import EndpointSnapshot, Signal, topics
 from schemas.policy import TenantPolicy, ToolPolicy
 from tests.load.bench_ingest import (
     _peak_rss_mib,
-    build_generator,
     cpu_seconds,
+    generator_for,
     run_load,
     write_payloads,
 )
@@ -140,7 +140,7 @@ def embedded_latency(rate: float, seconds: float) -> dict[str, float]:
         try:
             wait_ready(ports["admin"], process)
             result = run_load(
-                build_generator(), payloads, "http", ports["http"], token, seconds,
+                generator_for("http"), payloads, "http", ports["http"], token, seconds,
                 rate=rate, concurrency=1024,  # the HTTP connection pool
             )  # fmt: skip
             rss = _peak_rss_mib(process.pid)
@@ -234,7 +234,7 @@ def _kafka_latency(
             ]  # fmt: skip
             sink = start("sink", "--data", str(data), "--bootstrap", bootstrap, "--clickhouse", dsn)
             wait_ready(ports["admin"], ingest)
-            generator = build_generator()
+            generator = generator_for("http")
             time.sleep(10)  # the workers join their group and the sink subscribes
             pids = {
                 "receiver": [ingest.pid],
