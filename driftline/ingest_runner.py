@@ -54,11 +54,7 @@ def build_service(settings: Settings, bus: Bus) -> IngestService:
         max_inflight=settings.max_inflight,
         auth_event_interval=settings.auth_event_interval,
         max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
-        shedding=ShedOptions(
-            target_busy=settings.shed_busy,
-            target_lag=settings.shed_lag,
-            target_queue=settings.shed_queue,
-        )
+        shedding=ShedOptions(target_lag=settings.shed_lag, target_queue=settings.shed_queue)
         if settings.shed_lag > 0
         else None,
     )

@@ -48,9 +48,7 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(256 * 1024 * 1024, gt=0)
     # event-loop lag (seconds) past which the receiver sheds new requests (503 / UNAVAILABLE);
     # 0 turns shedding off
-    shed_lag: float = Field(0.2, ge=0)
-    # share of the time the event loop's thread runs past which the receiver sheds
-    shed_busy: float = Field(0.9, gt=0, le=1)
+    shed_lag: float = Field(0.05, ge=0)
     # least time (seconds) admitted requests took to be answered, over 100 ms, past which the
     # receiver sheds: the queue is behind the loop (the store's group commit, Kafka)
     shed_queue: float = Field(0.25, gt=0)

@@ -61,35 +61,25 @@ class MemoryBudget:
 
 @dataclass(frozen=True, slots=True)
 class ShedOptions:
-    # share of the time the loop's thread is running (on a CPU) past which to shed: the
-    # direct measure of a saturated event loop
-    target_busy: float = 0.9
-    # seconds of (smoothed) event-loop lag past which to shed: a loop starved of CPU by other
-    # processes is late without being busy. With thousands of connections one loop iteration
-    # alone takes tens of milliseconds (every ready socket is read in it), so a 50 ms target
-    # shed half of what the receiver could take.
-    target_lag: float = 0.2
+    target_lag: float = 0.05  # seconds of (smoothed) event-loop lag past which to shed
     # seconds admitted requests take from arrival to answer (least of the last ``window``)
     # past which to shed: where the work is elsewhere (the store's group commit, Kafka, gRPC's
     # threads) the loop need not be late, but requests queue
     target_queue: float = 0.25
     window: float = 0.1
     period: float = 0.01  # how often the lag is sampled
-    smoothing: float = 0.3  # weight of a new lag sample: one GC pause alone sheds nothing
-    busy_smoothing: float = 0.1  # … of a busy sample (10 ms ones are all-or-nothing)
+    smoothing: float = 0.3  # weight of a new sample: one GC pause alone sheds nothing
     step_up: float = 0.05  # shed probability added per sample over target
     step_down: float = 0.01  # … and taken away per sample under it
     max_probability: float = 0.98  # always admit some, so the lag is measured on real work
 
 
 class LoadShedder:
-    """Sheds a fraction of new requests while the event loop is saturated or runs late, or
+    """Sheds a fraction of new requests while requests queue: the event loop runs late, or
     admitted requests take long from arrival to answer.
 
-    The loop's busy share (CPU time of its thread over wall time) says it is saturated;
-    event-loop lag is the queueing delay every request sees before it is even parsed (and
-    catches a loop starved of CPU by other processes); the time to answer adds the queue
-    behind the receiver (the store, Kafka). The latter is taken
+    Event-loop lag is the queueing delay every request sees before it is even parsed; the
+    time to answer adds the queue behind the receiver (the store, Kafka). The latter is taken
     as the *least* wait of the requests that finished in the last ``window`` (CoDel's
     standing-queue signal: a burst passes, a queue that never drains does not). Sampling
     every ``period`` and moving the shed probability up while either is over its target
@@ -107,7 +97,6 @@ class LoadShedder:
         self.options = options or ShedOptions()
         self.probability = 0.0
         self.lag = 0.0
-        self.busy = 0.0  # smoothed share of the time the loop's thread ran
         self.queue = 0.0  # the least time to answer of the last window, held while none do
         self._window_min = float("inf")
         self._window_started = 0.0
@@ -136,19 +125,16 @@ class LoadShedder:
         loop = asyncio.get_running_loop()
         opts = self.options
         while True:
-            started, cpu = loop.time(), time.thread_time()
+            started = loop.time()
             await asyncio.sleep(opts.period)
-            elapsed = loop.time() - started
-            busy = (time.thread_time() - cpu) / elapsed if elapsed > 0 else 0.0
-            self.observe(elapsed - opts.period, busy=busy)
+            self.observe(loop.time() - started - opts.period)
 
     def waited(self, seconds: float) -> None:
         """An admitted request's time from arrival to answer."""
         self._window_min = min(self._window_min, seconds)
 
-    def observe(self, lag: float, now: float | None = None, busy: float = 0.0) -> None:
-        """One sample: the loop's lag (seconds) and the share of the sample's time its thread
-        ran; public so tests can drive it."""
+    def observe(self, lag: float, now: float | None = None) -> None:
+        """One lag sample (seconds); public so tests can drive it."""
         opts = self.options
         now = time.monotonic() if now is None else now
         if now - self._window_started >= opts.window:
@@ -161,16 +147,12 @@ class LoadShedder:
         lag = max(0.0, lag)
         periods = min(_MAX_PERIODS, 1.0 + lag / opts.period)  # this sample stands for these
         self.lag += (1.0 - (1.0 - opts.smoothing) ** periods) * (lag - self.lag)
-        self.busy += (1.0 - (1.0 - opts.busy_smoothing) ** periods) * (busy - self.busy)
-        over = self.busy > opts.target_busy or self.lag > opts.target_lag
-        if over or self.queue > opts.target_queue:
+        if self.lag > opts.target_lag or self.queue > opts.target_queue:
             step = opts.step_up * periods
             self.probability = min(opts.max_probability, self.probability + step)
         else:
             self.probability = max(0.0, self.probability - opts.step_down * periods)
         metrics.LOOP_LAG.set(self.lag)
-        metrics.LOOP_BUSY.set(self.busy)
-        metrics.ANSWER_QUEUE.set(self.queue)
         metrics.SHED_PROBABILITY.set(self.probability)
 
 
