@@ -153,6 +153,7 @@ class LoadShedder:
         else:
             self.probability = max(0.0, self.probability - opts.step_down * periods)
         metrics.LOOP_LAG.set(self.lag)
+        metrics.ANSWER_QUEUE.set(self.queue)
         metrics.SHED_PROBABILITY.set(self.probability)
 
 

@@ -40,6 +40,11 @@ LOOP_LAG = Gauge(
     "Latest event-loop lag sample (the load shedder's signal)",
     multiprocess_mode="max",
 )
+ANSWER_QUEUE = Gauge(
+    "driftline_ingest_queue_seconds",
+    "Least time from arrival to answer of the requests answered in the last 100 ms",
+    multiprocess_mode="max",
+)
 SHED_PROBABILITY = Gauge(
     "driftline_ingest_shed_probability",
     "Share of new requests currently answered 'retry later'",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from driftline.cli.loadtest import connections_for
 from driftline.settings import Settings
 from tests.support.embedded import Run
 
@@ -53,3 +54,9 @@ def test_small_fleet_is_judged_exactly(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert done.returncode == 0
     assert "precision" in done.stdout
+
+
+def test_the_sender_has_connections_for_answers_of_a_quarter_second_at_the_rate() -> None:
+    assert connections_for(1000, None) == 250  # 10,000 laptops at 1,000/s
+    assert connections_for(100, None) == 64  # never fewer than 64
+    assert connections_for(1000, 8) == 8  # what the user asked for
