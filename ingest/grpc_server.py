@@ -71,9 +71,10 @@ def _handler(service: Service, ingest: IngestService) -> Any:
             # when the attribution budgets allow and the memory budget has room, and only
             # the first PREFIX_BYTES are looked into
             prefix = b""
-            budgeted = not budget.full and ingest.may_attribute(caller)
+            budgeted = not budget.full and ingest.may_read_to_attribute(caller)
             if budgeted:
                 prefix = await _read_one(context, REFUSED_READ_TIMEOUT)
+                ingest.read_to_attribute(caller, len(prefix))
             outcome = ingest.refuse(
                 service.signal, grant, caller, prefix[:PREFIX_BYTES],
                 complete=len(prefix) <= PREFIX_BYTES, budgeted=budgeted,

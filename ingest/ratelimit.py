@@ -15,14 +15,27 @@ class TokenBucket:
         self._tokens = burst
         self._at = clock()
 
-    def take(self, cost: float = 1.0) -> bool:
+    def _refill(self) -> float:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens < cost:
+        return self._tokens
+
+    def take(self, cost: float = 1.0) -> bool:
+        if self._refill() < cost:
             return False
         self._tokens -= cost
         return True
+
+    def has(self, cost: float) -> bool:
+        """Whether ``cost`` could be taken now (nothing is taken)."""
+        return self._refill() >= cost
+
+    def charge(self, cost: float) -> None:
+        """Take ``cost`` whatever is left, into debt: for work whose size is known only once
+        it is done (a gRPC message is read whole before its size is known)."""
+        self._refill()
+        self._tokens -= cost
 
 
 class KeyedBuckets:
@@ -39,7 +52,7 @@ class KeyedBuckets:
         self._clock = clock
         self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
-    def take(self, key: Hashable) -> bool:
+    def bucket(self, key: Hashable) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
@@ -47,4 +60,7 @@ class KeyedBuckets:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take()
+        return bucket
+
+    def take(self, key: Hashable, cost: float = 1.0) -> bool:
+        return self.bucket(key).take(cost)

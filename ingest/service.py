@@ -22,7 +22,7 @@ from typing import Final
 from bus import Bus, BusUnavailable, Record
 from ingest import metrics
 from ingest.admission import LoadShedder, MemoryBudget, ShedOptions
-from ingest.attribution import attribute
+from ingest.attribution import PREFIX_BYTES, attribute
 from ingest.authevents import Coalescer
 from ingest.codec import SERVICES, MalformedRequest, decode_json, decode_protobuf
 from ingest.ratelimit import KeyedBuckets, TokenBucket
@@ -39,6 +39,7 @@ from schemas import DEFAULT_IDENTITY_ATTRIBUTES, AuthEvent, Signal, endpoint_id,
 
 log = logging.getLogger(__name__)
 
+MIN_ATTRIBUTION_COST: Final = 4096  # bytes a refused body is charged at least
 MAX_MESSAGE_BYTES: Final = 64 * 1024  # an error answer's message; the rest is "… and N more"
 SLICE: Final = 1024  # resources extracted between two yields to the event loop
 _REQUEST_TYPES: Final = {service.signal: service.request_type for service in SERVICES}
@@ -86,8 +87,13 @@ class IngestOptions:
     # request bodies held at once, all connections of the process (see MemoryBudget)
     max_body_bytes_in_flight: int = 256 * 1024 * 1024
     shedding: ShedOptions | None = field(default_factory=ShedOptions)  # None: never shed
-    attributions_per_second: float = 500.0  # refused bodies looked into, per process
-    attributions_per_source: float = 50.0  # … per source address (NATs share one)
+    # bytes of refused bodies looked into for an identity, per process and per source address
+    # (NATs share one): 500 and 50 full 64 KiB prefixes a second. Counted in bytes, not
+    # requests: a laptop's refused export is ~3 KB, and counting requests let a rotation storm
+    # of 10,000 laptops (1,000+ refusals a second) leave half of them unattributed, and so
+    # never flagged stale, at a small fraction of the work the budget allows for bombs
+    attribution_bytes_per_second: float = 500.0 * PREFIX_BYTES
+    attribution_bytes_per_source: float = 50.0 * PREFIX_BYTES
     auth_event_interval: float = 1.0  # per (reason, token or source, endpoint); 0 = each
     max_auth_event_keys: int = 10_000  # keys the coalescer remembers
     max_pending_auth_events: int = 1024  # AuthEvent publications in flight
@@ -111,7 +117,7 @@ class IngestService:
         self.shedder = LoadShedder(opts.shedding) if opts.shedding is not None else None
         if self.shedder is not None:
             self.shedder.waiting = lambda: self._inflight > 0 or self.budget.in_use > 0
-        rate, per_source = opts.attributions_per_second, opts.attributions_per_source
+        rate, per_source = opts.attribution_bytes_per_second, opts.attribution_bytes_per_source
         self._attribution_budget = TokenBucket(rate, rate)
         self._per_source = KeyedBuckets(per_source, per_source)
         self._coalescer = Coalescer(opts.auth_event_interval, opts.max_auth_event_keys)
@@ -260,12 +266,12 @@ class IngestService:
 
         ``prefix`` is what the transport kept of the body (at most ``PREFIX_BYTES``, decoded;
         ``complete`` if that is all of it). It is looked into for an identity only within the
-        attribution budgets (``budgeted``: ``may_attribute`` said yes already); the rejection
+        attribution budgets (``budgeted``: the transport charged them already); the rejection
         is counted either way.
         """
         metrics.rejects(denied.reason.value).inc()
         identity: str | None = None
-        if prefix and (budgeted or self.may_attribute(caller)):
+        if prefix and (budgeted or self.may_attribute(caller, len(prefix))):
             identity = attribute(
                 prefix,
                 _REQUEST_TYPES[signal],
@@ -282,9 +288,23 @@ class IngestService:
             message += f": {denied.detail}"
         return Outcome(Status.UNAUTHENTICATED, message)
 
-    def may_attribute(self, caller: Caller) -> bool:
-        """Whether a refused request's body may be looked into (takes from both budgets)."""
-        return self._per_source.take(caller.address) and self._attribution_budget.take()
+    def may_attribute(self, caller: Caller, size: int) -> bool:
+        """Whether ``size`` bytes of a refused request's body may be looked into (takes them
+        from both budgets; at least MIN_ATTRIBUTION_COST, so tiny bodies are not free)."""
+        cost = max(size, MIN_ATTRIBUTION_COST)
+        return self._per_source.take(caller.address, cost) and self._attribution_budget.take(cost)
+
+    def may_read_to_attribute(self, caller: Caller) -> bool:
+        """gRPC: whether a refused call's message may be read to look into it. Its size is
+        known only once read, so both budgets are charged with it then (``read_to_attribute``)."""
+        source = self._per_source.bucket(caller.address)
+        cost = MIN_ATTRIBUTION_COST
+        return source.has(cost) and self._attribution_budget.has(cost)
+
+    def read_to_attribute(self, caller: Caller, size: int) -> None:
+        cost = max(size, MIN_ATTRIBUTION_COST)
+        self._per_source.bucket(caller.address).charge(cost)
+        self._attribution_budget.charge(cost)
 
     def _note_denied(self, denied: Denied, identity: str | None, address: str) -> None:
         now = self._clock()
