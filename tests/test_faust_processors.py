@@ -880,7 +880,11 @@ async def test_kill_9_a_worker_mid_stream_loses_and_duplicates_nothing(
         await producer.flush()
         produced = time.monotonic() - started
 
-        await eventually(lambda: a.active_partitions() == set(range(partitions)), 60, "takeover")
+        # takeover = the broker noticing b (session timeout 10 s) + a rejoining (rebalance
+        # timeout 30 s) + a recovering b's table partitions from their changelog: on a CI
+        # machine running the whole suite that once took over 60 s (1 run in 11); what this
+        # test asserts is that nothing is lost or duplicated, not how fast the takeover is
+        await eventually(lambda: a.active_partitions() == set(range(partitions)), 150, "takeover")
         b.start()  # the killed worker comes back and takes half of the partitions again
 
         def stored() -> set[tuple[str, str, str, str]]:
