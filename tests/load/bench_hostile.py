@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftline import admin_auth
-from tests.load.bench_ingest import build_generator, run_load
+from tests.load.bench_ingest import build_generator, run_load, write_frames
 from tests.load.fleet import Laptop, metrics_export
 from tests.load.hostile import (
     HttpConnection,
@@ -155,9 +154,7 @@ def half_sent(
 
 def _payload_file(bodies: list[bytes]) -> Path:
     path = Path(tempfile.mkdtemp(prefix="driftline-hostile-")) / "exports.bin"
-    with path.open("wb") as out:
-        for body in bodies:
-            out.write(struct.pack(">I", len(body)) + body)
+    write_frames(path, bodies)
     return path
 
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,22 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def write_payloads(path: Path, fleet_size: int) -> int:
-    """One pre-encoded export per laptop, framed for otlpload; returns the mean size."""
-    now = time.time_ns()
+def write_frames(path: Path, bodies: Iterable[bytes]) -> int:
+    """Requests framed for the generators ([4-byte big-endian length][request]); returns
+    how many bytes of requests were written."""
     total = 0
     with path.open("wb") as out:
-        for laptop in fleet(fleet_size):
-            body = metrics_export(laptop, now)
-            out.write(struct.pack(">I", len(body)))
-            out.write(body)
+        for body in bodies:
+            out.write(struct.pack(">I", len(body)) + body)
             total += len(body)
-    return total // fleet_size
+    return total
+
+
+def write_payloads(path: Path, fleet_size: int) -> int:
+    """One pre-encoded export per laptop; returns the mean size."""
+    now = time.time_ns()
+    bodies = (metrics_export(laptop, now) for laptop in fleet(fleet_size))
+    return write_frames(path, bodies) // fleet_size
 
 
 def run_load(
