@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from driftline.cli.common import (
@@ -14,8 +15,22 @@ from driftline.cli.common import (
     settings_of,
 )
 
+# gRPC's EventEngine listener and endpoints hand every read from an I/O thread to the thread
+# that polls for grpc.aio, a context switch per call; the older polling path does the I/O on
+# that thread. Measured on 2 cores, one receiver process, 2.9 KB exports: an empty grpc.aio
+# handler went from 0.381 to 0.304 ms of CPU per call paced at 1,500/s (0.284 to 0.252
+# saturated), and Driftline's receiver into Kafka from 0.571 to 0.511 ms. Read by gRPC's
+# core once, at import, so set before anything imports grpc; GRPC_EXPERIMENTS in the
+# environment wins.
+GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
+
+
+def _grpc_defaults() -> None:
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    _grpc_defaults()
     from driftline import ingest_runner
     from ingest.tokens import TokenStore
 
@@ -31,6 +46,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    _grpc_defaults()
     import uvloop
 
     from driftline import embedded
