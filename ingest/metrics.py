@@ -50,3 +50,8 @@ SHED_PROBABILITY = Gauge(
     "Share of new requests currently answered 'retry later'",
     multiprocess_mode="max",
 )
+INFLIGHT_LIMIT = Gauge(
+    "driftline_ingest_inflight_limit",
+    "Admitted requests that may wait on the bus at once (2x what it answers in the queue target)",
+    multiprocess_mode="livesum",
+)

@@ -138,7 +138,7 @@ class IngestService:
 
     def admit(self) -> Outcome | None:
         """None to go on, or the "retry later" answer for a receiver past its capacity."""
-        if self.shedder is not None and not self.shedder.admit():
+        if self.shedder is not None and not self.shedder.admit(self._inflight):
             return Outcome(
                 Status.UNAVAILABLE, "receiver overloaded", retry_after=self.options.shed_retry_after
             )

@@ -12,6 +12,7 @@ import gzip
 import socket
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -314,6 +315,57 @@ async def test_a_late_loop_sheds_new_requests_quickly_then_recovers(tmp_path: Pa
         code, _, _ = await grpc_call(running.grpc_port, body, metadata)
         assert code == grpc.StatusCode.OK
     finally:
+        await running.receiver.stop(grace=0)
+
+
+async def test_a_stalled_bus_holds_at_most_the_inflight_limit_and_sheds_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The store stops answering (a group commit stuck on a slow disk): requests beyond the
+    in-flight limit get 503 + Retry-After at once instead of queueing behind it, and the
+    ones admitted are answered OK once the store is back, every snapshot published."""
+    bus = MemoryBus()
+    store_back = asyncio.Event()
+
+    async def slow_store(record: object) -> None:
+        await store_back.wait()
+
+    bus.subscribe(slow_store)
+    limit = 8
+    options = IngestOptions(shedding=ShedOptions(target_lag=60.0, min_inflight=limit))
+    running = await start_receiver(tmp_path, bus, options)
+    token = (f"Bearer {running.token}",)
+
+    def timed(serial: str) -> tuple[int, str, float]:
+        started = time.monotonic()
+        raw = http_request(resource({"device.serial_number": serial}), token)
+        status, headers, _ = exchange(running.http_port, raw)
+        return status, headers.get("retry-after", ""), time.monotonic() - started
+
+    loop = asyncio.get_running_loop()
+    clients = ThreadPoolExecutor(32)  # to_thread's default pool has 6 threads on 2 cores
+
+    def client(serial: str) -> asyncio.Future[tuple[int, str, float]]:
+        return loop.run_in_executor(clients, timed, serial)
+
+    try:
+        held = [client(f"H{n}") for n in range(limit)]
+        deadline = time.monotonic() + 10
+        while running.receiver.service._inflight < limit:
+            assert time.monotonic() < deadline, "the first requests never reached the bus"
+            await asyncio.sleep(0.05)
+        refused = await asyncio.gather(*(client(f"R{n}") for n in range(12)))
+        assert [(status, retry) for status, retry, _ in refused] == [(503, "1")] * 12
+        assert max(seconds for _, _, seconds in refused) < 1.0
+        assert not any(task.done() for task in held)
+        store_back.set()
+        answers = await asyncio.gather(*held)
+        assert [status for status, _, _ in answers] == [200] * limit
+        published = {s.endpoint_id for s in snapshots(running)}
+        assert published == {f"acme/H{n}" for n in range(limit)}
+    finally:
+        store_back.set()
+        clients.shutdown(wait=True)
         await running.receiver.stop(grace=0)
 
 

@@ -80,3 +80,42 @@ def test_a_burst_whose_queue_drains_sheds_nothing() -> None:
         shedder.waited(0.02)
         shedder.observe(0.0, now=n * OPTS.period)
     assert shedder.probability == 0.0
+
+
+def _answer_at(shedder: LoadShedder, rate: float, seconds: float, start: float = 0.0) -> float:
+    """Requests answered at ``rate`` a second for ``seconds``, sampled every period."""
+    per_period = rate * OPTS.period
+    owed = 0.0
+    now = start
+    for n in range(int(seconds / OPTS.period)):
+        owed += per_period
+        while owed >= 1:
+            shedder.waited(0.02)
+            owed -= 1
+        now = start + (n + 1) * OPTS.period
+        shedder.observe(0.0, now=now)
+    return now
+
+
+def test_the_inflight_limit_is_twice_what_the_bus_answers_in_the_queue_target() -> None:
+    """Little's law: at 1,000 answers a second and a 250 ms target, admitted requests wait
+    at most ~0.5 s with 500 of them on the bus; the 501st is refused at once."""
+    shedder = _shedder()
+    _answer_at(shedder, 1000, 5.0)
+    assert shedder.rate == pytest.approx(1000, rel=0.05)
+    assert shedder.limit == pytest.approx(2 * 1000 * OPTS.target_queue, rel=0.05)
+    assert shedder.probability == 0.0
+    assert shedder.admit(int(shedder.limit) - 1)
+    assert not shedder.admit(int(shedder.limit) + 1)
+
+
+def test_the_limit_follows_the_bus_down_and_never_under_its_floor() -> None:
+    shedder = _shedder()
+    now = _answer_at(shedder, 1000, 5.0)
+    _answer_at(shedder, 100, 5.0, start=now)  # the store slows to a tenth
+    assert shedder.limit == pytest.approx(OPTS.min_inflight, rel=0.2)  # 2 x 100 x 0.25 = 50
+    idle = _shedder()
+    _answer_at(idle, 0, 2.0)
+    assert idle.limit == OPTS.min_inflight
+    assert idle.admit(OPTS.min_inflight - 1)
+    assert not idle.admit(OPTS.min_inflight)

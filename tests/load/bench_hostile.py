@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from driftline import admin_auth
-from tests.load.bench_ingest import build_generator, run_load, write_frames
+from tests.load.bench_ingest import build_generator, cpu_seconds, run_load, write_frames
 from tests.load.fleet import Laptop, metrics_export
 from tests.load.hostile import (
     HttpConnection,
@@ -177,16 +177,23 @@ async def overload(protocol: str, seconds: float) -> dict[str, float]:
     payloads = _payload_file(_bodies(int(seconds * 20_000)))
     # saturation needs requests in flight: `driftline run` answers after a group commit
     with driftline_run(DRIFTLINE_SHED_LAG="0") as run:
-        saturated = _go_load(
+        began, cpu = time.perf_counter(), cpu_seconds(run.pid)
+        load = _go_load(
             protocol, run.ports[protocol], payloads, run.token, seconds,
             concurrency=512, connections=32,
-        )["rate"]  # fmt: skip
+        )  # fmt: skip
+        wall = time.perf_counter() - began
+        saturated, saturated_cores = load["rate"], (cpu_seconds(run.pid) - cpu) / wall
+        saturated_generator = load["generator_cpu_s"] / wall
     with driftline_run() as run:
+        began, cpu = time.perf_counter(), cpu_seconds(run.pid)
         tally = _go_load(
             protocol, run.ports[protocol], payloads, run.token, seconds,
             rate=3 * saturated, concurrency=2048, connections=32, timeout="3s", deadline="2s",
             max_inflight=100_000,
         )  # fmt: skip
+        wall = time.perf_counter() - began
+        overload_cores = (cpu_seconds(run.pid) - cpu) / wall
     within = tally["within"]
     shed_key = "Unavailable" if protocol == "grpc" else "http_503"
     answered = within.get("ok", 0) + within.get(shed_key, 0)
@@ -206,6 +213,15 @@ async def overload(protocol: str, seconds: float) -> dict[str, float]:
             v for k, v in tally["errors"].items() if k not in (shed_key, "Canceled")
         ),
         "OK p99 ms": tally["p99_ms"],
+        # where the two cores went: the generator shares them, and offers three times as much
+        "driftline run cores, saturated": saturated_cores,
+        "driftline run cores, 3x": overload_cores,
+        "generator cores, saturated": saturated_generator,
+        "generator cores, 3x": tally["generator_cpu_s"] / wall,
+        # what an answer costs `driftline run`: a shed one must cost far less than an
+        # accepted one for the accepted rate to hold at three times capacity
+        "run CPU ms per answer, saturated": 1000 * saturated_cores / max(saturated, 1),
+        "run CPU ms per answer, 3x": 1000 * overload_cores * wall / max(answered, 1),
     }
 
 
@@ -323,7 +339,7 @@ async def amain(args: argparse.Namespace) -> None:
                 targets,
             )
     if "overload" in args.only:
-        for protocol in ("http", "grpc"):
+        for protocol in args.protocols:
             _table(
                 f"{protocol}: 3x the saturated rate for {args.seconds:g} s (open loop)",
                 await overload(protocol, args.seconds),
@@ -343,6 +359,10 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", default=["bombs", "memory", "overload", "stale"],
         choices=["bombs", "memory", "overload", "stale"],
+    )  # fmt: skip
+    parser.add_argument(
+        "--protocols", nargs="*", default=["http", "grpc"], choices=["http", "grpc"],
+        help="the overload phase's protocols",
     )  # fmt: skip
     uvloop.run(amain(parser.parse_args()))  # the clients' CPU is the machine's too
 
