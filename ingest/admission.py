@@ -75,7 +75,7 @@ class ShedOptions:
     max_probability: float = 0.98  # always admit some, so the lag is measured on real work
     # admitted requests waiting on the bus at once: at most ``headroom`` times what the bus
     # completes in ``target_queue`` (Little's law), never under ``min_inflight``
-    min_inflight: int = 64
+    min_inflight: int = 256
     headroom: float = 2.0
     rate_time_constant: float = 1.0  # seconds over which the completion rate is smoothed
 

@@ -113,7 +113,7 @@ def test_the_limit_follows_the_bus_down_and_never_under_its_floor() -> None:
     shedder = _shedder()
     now = _answer_at(shedder, 1000, 5.0)
     _answer_at(shedder, 100, 5.0, start=now)  # the store slows to a tenth
-    assert shedder.limit == pytest.approx(OPTS.min_inflight, rel=0.2)  # 2 x 100 x 0.25 = 50
+    assert shedder.limit == pytest.approx(OPTS.min_inflight, rel=0.2)  # 2 x 100 x 0.25 < 256
     idle = _shedder()
     _answer_at(idle, 0, 2.0)
     assert idle.limit == OPTS.min_inflight
