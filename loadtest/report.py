@@ -158,6 +158,7 @@ def speed(stats: Stats, protocol: str) -> dict[str, Any]:
         "rejected": stats.rejected,
         "failed": stats.failed,
         "unexpected": stats.unexpected,
+        "retried": stats.retried,  # sends again after 503 / UNAVAILABLE, as exporters do
         "errors": dict(stats.errors),
         "unexpected_examples": stats.examples,
         "seconds": stats.elapsed,
@@ -228,6 +229,7 @@ def render(result: Mapping[str, Any]) -> Any:
         f"{sp['sent']:,} / {sp['accepted']:,} / {sp['rejected']:,} / {sp['failed']:,}",
     )
     speed_table.add_row("answered other than planned", f"{sp['unexpected']:,}")
+    speed_table.add_row("sent again after 503 / UNAVAILABLE", f"{sp.get('retried', 0):,}")
     speed_table.add_row("throughput", _fmt(sp["exports_per_second"], " exports/s"))
     lat = sp["latency_ms"]
     speed_table.add_row(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import time
 from array import array
 from collections import Counter, deque
@@ -31,6 +32,50 @@ GRPC_METHODS: Final = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
 }
 MAX_QUEUED: Final = 200_000
+# answers OTLP exporters retry (the spec's list; RESOURCE_EXHAUSTED only with RetryInfo, left out)
+RETRYABLE: Final = frozenset(
+    {"http 429", "http 502", "http 503", "http 504", "grpc UNAVAILABLE", "grpc CANCELLED"}
+)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What an OTLP exporter does with "retry later": send the export again after a backoff.
+
+    Without it every export a receiver shed was lost to the load test and counted against the
+    pipeline (a rotation storm's missing stale_token flags, a cold start's shed exports).
+    """
+
+    attempts: int = 5  # sends in all
+    first_delay: float = 1.0  # seconds: the receiver's Retry-After
+    jitter: float = 0.25  # ± share of each delay, so shed exports do not return in step
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before the send after ``attempt`` (1 = the first send) failed."""
+        spread = random.uniform(1 - self.jitter, 1 + self.jitter)
+        return float(self.first_delay * 2 ** (attempt - 1) * spread)
+
+
+class Retrier:
+    """Schedules a pool's retries and counts them, so the pool is in flight until they end."""
+
+    def __init__(self, policy: Retry | None, stats: Stats) -> None:
+        self.policy, self.stats = policy, stats
+        self.pending = 0
+
+    def later(self, attempt: int, status: str, resend: Callable[[], None]) -> bool:
+        """Whether ``status`` is retried (then ``resend`` runs after the backoff)."""
+        policy = self.policy
+        if policy is None or status not in RETRYABLE or attempt >= policy.attempts:
+            return False
+        self.pending += 1
+        self.stats.retried += 1
+        asyncio.get_running_loop().call_later(policy.delay(attempt), self._fire, resend)
+        return True
+
+    def _fire(self, resend: Callable[[], None]) -> None:
+        self.pending -= 1
+        resend()
 
 
 @dataclass
@@ -43,6 +88,7 @@ class Stats:
     rejected: int = 0
     failed: int = 0
     unexpected: int = 0  # answered otherwise than the plan says (accepted vs rejected)
+    retried: int = 0  # sends again after a "retry later" answer (see Retry)
     errors: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     latency_ms: array[float] = field(default_factory=lambda: array("d"))
@@ -78,7 +124,8 @@ class Stats:
                 )
 
 
-Item = tuple[Send, list[bytes], float]  # (send, request pieces, due on the loop clock)
+# (send, request pieces, due on the loop clock, attempt, queued: this attempt's start)
+Item = tuple[Send, list[bytes], float, int, float]
 
 
 class _HttpConnection(asyncio.Protocol):
@@ -98,7 +145,7 @@ class _HttpConnection(asyncio.Protocol):
         self.current = item
         self.began = self.pool.loop.time()
         # sends go out up to 1 ms early (the schedule's slack): count those as no wait
-        self.pool.stats.pool_wait_ms.append(max(0.0, self.began - item[2]) * 1000)
+        self.pool.stats.pool_wait_ms.append(max(0.0, self.began - item[4]) * 1000)
         self.transport.writelines(item[1])
 
     def data_received(self, data: bytes) -> None:
@@ -142,9 +189,18 @@ class HttpPool:
     receiver's per-source budgets see many laptops, as they would behind many NATs, not one.
     """
 
-    def __init__(self, host: str, port: int, size: int, stats: Stats, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        size: int,
+        stats: Stats,
+        timeout: float = 10,
+        retry: Retry | None = None,
+    ) -> None:
         self.host, self.port, self.size = host, port, size
         self.stats = stats
+        self._retrier = Retrier(retry, stats)
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
         self._idle: list[_HttpConnection] = []
@@ -196,7 +252,9 @@ class HttpPool:
             b"Content-Length: %d\r\n\r\n" % len(body),
             body,
         ]
-        item = (send, pieces, due)
+        self._dispatch((send, pieces, due, 1, due))
+
+    def _dispatch(self, item: Item) -> None:
         if self._idle:
             self._idle.pop().send(item)
         elif len(self._queue) < MAX_QUEUED:
@@ -211,7 +269,14 @@ class HttpPool:
             self._idle.append(connection)
 
     def done(self, item: Item, status: str) -> None:
-        self.stats.record(item[0], item[2], status, self.loop.time())
+        send, pieces, due, attempt, _ = item
+        if self._retrier.later(
+            attempt,
+            status,
+            lambda: self._dispatch((send, pieces, due, attempt + 1, self.loop.time())),
+        ):
+            return
+        self.stats.record(send, due, status, self.loop.time())
 
     def lost(self, connection: _HttpConnection) -> None:
         self._open.discard(connection)
@@ -222,7 +287,8 @@ class HttpPool:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def in_flight(self) -> int:
-        return len(self._queue) + sum(1 for c in self._open if c.current is not None)
+        busy = sum(1 for c in self._open if c.current is not None)
+        return len(self._queue) + busy + self._retrier.pending
 
     async def _sweep(self) -> None:
         while True:
@@ -243,16 +309,28 @@ class HttpPool:
                 connection.transport.close()
 
 
+# (send, metadata, body, due on the loop clock, attempt, queued: this attempt's start)
+Call = tuple[Send, tuple[tuple[str, str], ...], bytes, float, int, float]
+
+
 class GrpcPool:
     """grpcio aio channels sending pre-encoded bytes; at most ``size`` calls in flight."""
 
     def __init__(
-        self, host: str, port: int, size: int, stats: Stats, timeout: float = 10, channels: int = 4
+        self,
+        host: str,
+        port: int,
+        size: int,
+        stats: Stats,
+        timeout: float = 10,
+        channels: int = 4,
+        retry: Retry | None = None,
     ) -> None:
         import grpc
 
         self._grpc = grpc
         self.stats = stats
+        self._retrier = Retrier(retry, stats)
         self.timeout = timeout
         self.size = size
         self.loop = asyncio.get_running_loop()
@@ -273,7 +351,7 @@ class GrpcPool:
         ]
         self._next = 0
         self._inflight = 0
-        self._queue: deque[tuple[Send, tuple[tuple[str, str], ...], bytes, float]] = deque()
+        self._queue: deque[Call] = deque()
         self._metadata: dict[str, tuple[tuple[str, str], ...]] = {}
 
     async def start(self) -> None:
@@ -283,42 +361,46 @@ class GrpcPool:
         metadata = self._metadata.get(token)
         if metadata is None:
             metadata = self._metadata[token] = (("authorization", f"Bearer {token}"),)
-        if self._inflight >= self.size:
-            if len(self._queue) < MAX_QUEUED:
-                self._queue.append((send, metadata, body, due))
-            else:
-                self.stats.record(send, due, "generator queue full", self.loop.time())
-            return
-        self._call(send, metadata, body, due)
+        self._dispatch((send, metadata, body, due, 1, due))
 
-    def _call(
-        self, send: Send, metadata: tuple[tuple[str, str], ...], body: bytes, due: float
-    ) -> None:
+    def _dispatch(self, item: Call) -> None:
+        if self._inflight < self.size:
+            self._call(item)
+        elif len(self._queue) < MAX_QUEUED:
+            self._queue.append(item)
+        else:
+            self.stats.record(item[0], item[3], "generator queue full", self.loop.time())
+
+    def _call(self, item: Call) -> None:
+        send, metadata, body, _, _, queued = item
         self._next = (self._next + 1) % len(self._calls)
-        self.stats.pool_wait_ms.append(max(0.0, self.loop.time() - due) * 1000)
+        self.stats.pool_wait_ms.append(max(0.0, self.loop.time() - queued) * 1000)
         call = self._calls[self._next][send.signal](body, metadata=metadata, timeout=self.timeout)
         self._inflight += 1
-        call.add_done_callback(lambda done: self._done(send, due, done))
+        call.add_done_callback(lambda done: self._done(item, done))
 
-    def _done(self, send: Send, due: float, call: Any) -> None:
+    def _done(self, item: Call, call: Any) -> None:
         self._inflight -= 1
         if self._queue:
-            self._call(*self._queue.popleft())
+            self._call(self._queue.popleft())
         if call._cython_call.is_ok():  # the status without awaiting: no task per OK call
-            self.stats.record(send, due, "ok", self.loop.time())
+            self.stats.record(item[0], item[3], "ok", self.loop.time())
         else:
-            self.loop.create_task(self._failed(send, due, call, self.loop.time()))
+            self.loop.create_task(self._failed(item, call, self.loop.time()))
 
-    async def _failed(self, send: Send, due: float, call: Any, now: float) -> None:
+    async def _failed(self, item: Call, call: Any, now: float) -> None:
         grpc = self._grpc
         code = grpc.StatusCode.CANCELLED if call.cancelled() else await call.code()
         status = (
             "unauthenticated" if code == grpc.StatusCode.UNAUTHENTICATED else f"grpc {code.name}"
         )
-        self.stats.record(send, due, status, now)
+        send, metadata, body, due, attempt, _ = item
+        again = (send, metadata, body, due, attempt + 1, self.loop.time())
+        if not self._retrier.later(attempt, status, lambda: self._dispatch(again)):
+            self.stats.record(send, due, status, now)
 
     def in_flight(self) -> int:
-        return self._inflight + len(self._queue)
+        return self._inflight + len(self._queue) + self._retrier.pending
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -396,7 +478,9 @@ def merge(parts: list[Stats]) -> Stats:
     """One process's worth of stats from several generator processes'."""
     total = Stats(started=min(part.started for part in parts))
     for part in parts:
-        for name in ("sent", "accepted", "rejected", "failed", "unexpected", "cpu_seconds"):
+        for name in (
+            "sent", "accepted", "rejected", "failed", "unexpected", "retried", "cpu_seconds",
+        ):  # fmt: skip
             setattr(total, name, getattr(total, name) + getattr(part, name))
         total.elapsed = max(total.elapsed, part.elapsed)
         total.errors.update(part.errors)

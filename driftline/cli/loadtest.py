@@ -479,7 +479,7 @@ def _generator(job: dict[str, Any], pipe: Any) -> None:
 async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
     from loadtest import fleet as fleet_model
     from loadtest.otlp import Templates
-    from loadtest.sender import GrpcPool, HttpPool, Stats, drive
+    from loadtest.sender import GrpcPool, HttpPool, Retry, Stats, drive
 
     sc = fleet_model.scenario(
         job["endpoints"], job["rate"], job["duration"], job["tenants"], job["storm"],
@@ -496,9 +496,9 @@ async def _generator_main(job: dict[str, Any], pipe: Any) -> Any:
     pool: HttpPool | GrpcPool
     share = max(1, job["connections"] // job["procs"])
     if job["protocol"] == "grpc":
-        pool = GrpcPool(job["host"], job["port"], share * 8, stats)
+        pool = GrpcPool(job["host"], job["port"], share * 8, stats, retry=Retry())
     else:
-        pool = HttpPool(job["host"], job["port"], share, stats)
+        pool = HttpPool(job["host"], job["port"], share, stats, retry=Retry())
     await pool.start()
     pipe.send("ready")
     _, start_at = pipe.recv()
@@ -568,7 +568,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from loadtest import report
     from loadtest.fleet import Send
     from loadtest.record import read
-    from loadtest.sender import GrpcPool, HttpPool, Stats, replay
+    from loadtest.sender import GrpcPool, HttpPool, Retry, Stats, replay
 
     settings = settings_of(args)
     speed = None if args.speed == "max" else float(args.speed)
@@ -592,9 +592,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         stats = Stats()
         pool: HttpPool | GrpcPool
         if protocol == "grpc":
-            pool = GrpcPool(host, port, args.connections * 8, stats)
+            pool = GrpcPool(host, port, args.connections * 8, stats, retry=Retry())
         else:
-            pool = HttpPool(host, port, args.connections, stats)
+            pool = HttpPool(host, port, args.connections, stats, retry=Retry())
         await pool.start()
         try:
             await replay(items, speed, pool, token, stats)
