@@ -4,6 +4,7 @@ reports its own CPU."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ def test_python_generator_counts_what_the_receiver_answered(tmp_path: Path, prot
          "--data", str(tmp_path), "--workers", "1", "--grpc-port", str(ports["grpc"]),
          "--http-port", str(ports["http"]), "--admin-port", str(ports["admin"])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # shedding off, as in bench-ingest: this counts answers, and a loop 50 ms late on a
+        # busy CI machine may shed (233 of 5,109 closed-loop calls failed in one CI run)
+        env={**os.environ, "DRIFTLINE_SHED_LAG": "0"},
     )  # fmt: skip
     try:
         wait_ready(ports["admin"], receiver)
@@ -41,5 +45,5 @@ def test_python_generator_counts_what_the_receiver_answered(tmp_path: Path, prot
     assert paced["failed"] == 0 and 150 <= paced["ok"] <= 250, paced
     assert 0 < paced["p50_ms"] <= paced["p99_ms"] <= paced["max_ms"]
     assert paced["generator_cpu_s"] > 0
-    assert closed["failed"] == 0 and closed["ok"] > paced["ok"], closed
+    assert closed["failed"] == 0 and closed["ok"] > paced["ok"], closed["errors"]
     assert refused["ok"] == 0 and refused["errors"] == {"unauthenticated": refused["sent"]}
