@@ -395,8 +395,11 @@ class GrpcPool:
             "unauthenticated" if code == grpc.StatusCode.UNAUTHENTICATED else f"grpc {code.name}"
         )
         send, metadata, body, due, attempt, _ = item
-        again = (send, metadata, body, due, attempt + 1, self.loop.time())
-        if not self._retrier.later(attempt, status, lambda: self._dispatch(again)):
+        if not self._retrier.later(
+            attempt,
+            status,
+            lambda: self._dispatch((send, metadata, body, due, attempt + 1, self.loop.time())),
+        ):
             self.stats.record(send, due, status, now)
 
     def in_flight(self) -> int:
