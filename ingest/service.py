@@ -106,7 +106,9 @@ class IngestService:
         bus: Bus,
         options: IngestOptions | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``monotonic`` paces the attribution budgets; tests freeze it to count exactly."""
         self.options = options or IngestOptions()
         self._auth = authenticator
         self._bus = bus
@@ -118,8 +120,8 @@ class IngestService:
         if self.shedder is not None:
             self.shedder.waiting = lambda: self._inflight > 0 or self.budget.in_use > 0
         rate, per_source = opts.attribution_bytes_per_second, opts.attribution_bytes_per_source
-        self._attribution_budget = TokenBucket(rate, rate)
-        self._per_source = KeyedBuckets(per_source, per_source)
+        self._attribution_budget = TokenBucket(rate, rate, monotonic)
+        self._per_source = KeyedBuckets(per_source, per_source, clock=monotonic)
         self._coalescer = Coalescer(opts.auth_event_interval, opts.max_auth_event_keys)
         self._auth_tasks: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
