@@ -13,10 +13,13 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas import topics
 from schemas.messages import Message
+
+if TYPE_CHECKING:
+    from bus.batching import PartitionBatches
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class KafkaBus:
     def __init__(self, options: KafkaOptions) -> None:
         self.options = options
         self._producer: Any = None
+        self._batches: PartitionBatches | None = None
         self._connector: asyncio.Task[None] | None = None
         self._ready = False
 
@@ -115,6 +119,8 @@ class KafkaBus:
     async def _connect_forever(self) -> None:
         from aiokafka import AIOKafkaProducer
         from aiokafka.errors import KafkaError
+
+        from bus.batching import PartitionBatches
 
         delay = 0.5
         while True:
@@ -139,6 +145,7 @@ class KafkaBus:
                 continue
             await self._ensure_topics()
             self._producer = producer
+            self._batches = PartitionBatches(producer, self.options.linger_ms / 1000)
             self._ready = True
             log.info("kafka producer connected to %s", self.options.bootstrap)
             return
@@ -186,6 +193,8 @@ class KafkaBus:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
+        if self._batches is not None:
+            await self._batches.drain()
         if self._producer is not None:
             await self._producer.stop()
         self._ready = False
@@ -193,20 +202,12 @@ class KafkaBus:
     async def publish(self, records: Sequence[Record]) -> None:
         from aiokafka.errors import KafkaError
 
-        producer = self._producer
-        if producer is None:
+        batches = self._batches
+        if batches is None:
             raise BusUnavailable("kafka is not connected")
         try:
             async with asyncio.timeout(self.options.publish_timeout):
-                # send() only enqueues (awaiting when the batch buffer is full: backpressure);
-                # the returned futures resolve when the broker has acknowledged the batch.
-                # Nearly every export is one resource: one record, one future, no gather.
-                if len(records) == 1:
-                    record = records[0]
-                    await (await producer.send(record.topic, record.value, key=record.key.encode()))
-                    return
-                acks = [await producer.send(r.topic, r.value, key=r.key.encode()) for r in records]
-                await asyncio.gather(*acks)
+                await batches.send([(r.topic, r.key.encode(), r.value) for r in records])
         except TimeoutError as error:
             raise BusUnavailable(
                 f"kafka did not acknowledge within {self.options.publish_timeout}s"

@@ -1,0 +1,129 @@
+"""Records gathered into one Kafka batch per partition for one linger, handed to aiokafka whole.
+
+Why not aiokafka's ``send()`` per record: a receiver's records are keyed by endpoint and so
+spread over every partition, and ``send()`` costs a metadata wait, a partitioner call, a
+message future and an accumulator lookup per record. Measured on the 2-core machine
+(2026-12-06, one producer at 1,300 records/s of ~450 B over 12 partitions, 20 ms linger,
+acks=all, lz4): 127 µs of CPU per record through ``send()`` against 40 µs through
+``create_batch``/``send_batch``, both above the 37 µs it costs to create and await the same
+tasks with no Kafka at all. The partition is Kafka's murmur2 of the key, as ``send()`` picks it,
+so the processors still find each endpoint where they expect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+_murmur2 = DefaultPartitioner()
+
+
+class _Open:
+    """A batch still taking records, and one future per publish waiting for it."""
+
+    __slots__ = ("builder", "waiters")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class PartitionBatches:
+    """``send`` returns once the broker has acknowledged every record given to it; a record
+    waits at most ``linger`` seconds for others to share its batch (a full batch goes at once).
+    """
+
+    def __init__(self, producer: Any, linger: float) -> None:
+        self._producer = producer
+        self._linger = linger
+        self._open: dict[tuple[str, int], _Open] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._delivering: set[asyncio.Task[None]] = set()
+        self._partitions: dict[str, tuple[Any, list[int]]] = {}
+
+    async def send(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """(topic, key, value) records; raises what aiokafka raised for any of their batches."""
+        waiting: list[asyncio.Future[None]] = []
+        joined: _Open | None = None  # the batch this publish last added its waiter to
+        loop = asyncio.get_running_loop()
+        for topic, key, value in records:
+            where = (topic, await self._partition(topic, key))
+            batch = self._open.get(where) or self._start(where)
+            if batch.builder.append(timestamp=None, key=key, value=value) is None:
+                self._deliver(where)  # full
+                batch = self._start(where)
+                if batch.builder.append(timestamp=None, key=key, value=value) is None:
+                    raise ValueError(f"a {len(value)}-byte record does not fit a Kafka batch")
+            if batch is not joined:
+                waiter = loop.create_future()
+                batch.waiters.append(waiter)
+                waiting.append(waiter)
+                joined = batch
+        if len(waiting) == 1:
+            await waiting[0]
+        else:
+            await asyncio.gather(*waiting)
+
+    async def drain(self) -> None:
+        """Send what is open now and wait for every delivery (before the producer stops)."""
+        self._deliver_all()
+        while self._delivering:
+            await asyncio.gather(*self._delivering, return_exceptions=True)
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        partitions = self._producer.client.cluster.partitions_for_topic(topic)
+        if partitions is None:  # not in the metadata yet: ask the brokers
+            partitions = await self._producer.partitions_for(topic)
+        known = self._partitions.get(topic)
+        if known is None or known[0] is not partitions:
+            known = self._partitions[topic] = (partitions, sorted(partitions))
+        every = known[1]
+        return _murmur2(key, every, every)  # type: ignore[no-any-return]
+
+    def _start(self, where: tuple[str, int]) -> _Open:
+        batch = self._open[where] = _Open(self._producer.create_batch())
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger, self._deliver_all)
+        return batch
+
+    def _deliver_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for where in list(self._open):
+            self._deliver(where)
+
+    def _deliver(self, where: tuple[str, int]) -> None:
+        batch = self._open.pop(where)
+        batch.builder.close()  # closed: aiokafka sends it at once instead of lingering again
+        task = asyncio.get_running_loop().create_task(self._acknowledged(where, batch))
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+
+    async def _acknowledged(self, where: tuple[str, int], batch: _Open) -> None:
+        topic, partition = where
+        try:
+            delivered = await self._producer.send_batch(batch.builder, topic, partition=partition)
+            await delivered
+        except asyncio.CancelledError:
+            _settle(batch.waiters, asyncio.CancelledError())
+            raise
+        except Exception as error:  # every waiter learns it; none is left hanging
+            _settle(batch.waiters, error)
+            return
+        _settle(batch.waiters, None)
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():  # its publish gave up (timeout, cancelled)
+            continue
+        if error is None:
+            waiter.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            waiter.cancel()
+        else:
+            waiter.set_exception(error)
