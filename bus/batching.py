@@ -7,18 +7,42 @@ message future and an accumulator lookup per record. Measured on the 2-core mach
 acks=all, lz4): 127 µs of CPU per record through ``send()`` against 40 µs through
 ``create_batch``/``send_batch``, both above the 37 µs it costs to create and await the same
 tasks with no Kafka at all. The partition is Kafka's murmur2 of the key, as ``send()`` picks it,
-so the processors still find each endpoint where they expect it.
+so the processors still find each endpoint where they expect it; it is remembered per key
+(aiokafka's pure-Python murmur2 costs 6 µs for a 40-byte key, a dict lookup 0.1 µs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.partitioner import DefaultPartitioner
 
 _murmur2 = DefaultPartitioner()
+
+PLACEMENT_CHECK_SECONDS: Final = 1.0  # how soon a topic's new partitions are noticed
+MAX_PLACED_KEYS: Final = 100_000  # keys remembered per topic (an endpoint's id is ~40 B)
+
+
+class _Placement:
+    """Where one topic's keys go, as of its partition list read at ``checked``."""
+
+    __slots__ = ("by_key", "checked", "every")
+
+    def __init__(self, partitions: set[int], checked: float) -> None:
+        self.checked = checked
+        self.every = sorted(partitions)
+        self.by_key: dict[bytes, int] = {}
+
+    def partition(self, key: bytes) -> int:
+        partition = self.by_key.get(key)
+        if partition is None:
+            if len(self.by_key) >= MAX_PLACED_KEYS:
+                self.by_key.clear()
+            partition = self.by_key[key] = _murmur2(key, self.every, self.every)
+        return partition
 
 
 class _Open:
@@ -42,7 +66,7 @@ class PartitionBatches:
         self._open: dict[tuple[str, int], _Open] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._delivering: set[asyncio.Task[None]] = set()
-        self._partitions: dict[str, tuple[Any, list[int]]] = {}
+        self._placements: dict[str, _Placement] = {}
 
     async def send(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
         """(topic, key, value) records; raises what aiokafka raised for any of their batches."""
@@ -74,14 +98,16 @@ class PartitionBatches:
             await asyncio.gather(*self._delivering, return_exceptions=True)
 
     async def _partition(self, topic: str, key: bytes) -> int:
-        partitions = self._producer.client.cluster.partitions_for_topic(topic)
-        if partitions is None:  # not in the metadata yet: ask the brokers
-            partitions = await self._producer.partitions_for(topic)
-        known = self._partitions.get(topic)
-        if known is None or known[0] is not partitions:
-            known = self._partitions[topic] = (partitions, sorted(partitions))
-        every = known[1]
-        return _murmur2(key, every, every)  # type: ignore[no-any-return]
+        placement = self._placements.get(topic)
+        now = time.monotonic()
+        if placement is None or now - placement.checked > PLACEMENT_CHECK_SECONDS:
+            partitions = self._producer.client.cluster.partitions_for_topic(topic)
+            if partitions is None:  # not in the metadata yet: ask the brokers
+                partitions = await self._producer.partitions_for(topic)
+            if placement is None or placement.every != sorted(partitions):
+                placement = self._placements[topic] = _Placement(partitions, now)
+            placement.checked = now
+        return placement.partition(key)
 
     def _start(self, where: tuple[str, int]) -> _Open:
         batch = self._open[where] = _Open(self._producer.create_batch())

@@ -9,11 +9,10 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
 
-from bus import KafkaBus, KafkaOptions, Record
+from bus import KafkaBus, KafkaOptions, Record, batching
 from schemas import topics
-
-pytestmark = pytest.mark.kafka
 
 
 async def _started(options: KafkaOptions) -> KafkaBus:
@@ -50,6 +49,7 @@ async def _landed(kafka: str, prefix: str, count: int) -> list[tuple[str, bytes]
     return found
 
 
+@pytest.mark.kafka
 async def test_concurrent_publishes_return_acknowledged_and_land_once(kafka: str) -> None:
     bus = await _started(KafkaOptions(kafka, client_id="test-bus-many"))
     prefix = f"acme/many-{uuid.uuid4().hex[:8]}-"
@@ -66,6 +66,7 @@ async def test_concurrent_publishes_return_acknowledged_and_land_once(kafka: str
     )
 
 
+@pytest.mark.kafka
 async def test_records_past_full_batches_keep_their_order(kafka: str) -> None:
     """Small batches: one publish of 60 records of 2 KB for one key spans several batches,
     and a second publish follows; the topic holds them in the order they were given."""
@@ -80,6 +81,7 @@ async def test_records_past_full_batches_keep_their_order(kafka: str) -> None:
     assert [value for _, value in await _landed(kafka, key, 80)] == values
 
 
+@pytest.mark.kafka
 async def test_stopping_sends_what_is_still_lingering(kafka: str) -> None:
     """A publish waiting out a long linger is sent, and acknowledged, when the bus stops."""
     bus = await _started(KafkaOptions(kafka, client_id="test-bus-stop", linger_ms=3000))
@@ -92,3 +94,15 @@ async def test_stopping_sends_what_is_still_lingering(kafka: str) -> None:
     await publishing  # returned OK: acknowledged, not abandoned
     assert time.monotonic() - started < 2.5
     assert await _landed(kafka, key, 1) == [(key, b"late")]
+
+
+def test_a_keys_partition_is_kafkas_murmur2_and_remembered_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "MAX_PLACED_KEYS", 3)
+    placement = batching._Placement({5, 0, 3, 1}, checked=0.0)
+    keys = [f"acme/laptop-{n}".encode() for n in range(7)]
+    expected = [DefaultPartitioner()(key, [0, 1, 3, 5], [0, 1, 3, 5]) for key in keys]
+    assert [placement.partition(key) for key in keys] == expected
+    assert len(placement.by_key) <= 3  # forgotten past the bound, never grown
+    assert [placement.partition(key) for key in keys] == expected

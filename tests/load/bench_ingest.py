@@ -252,6 +252,10 @@ def bench(
     }
 
 
+def _width(column: str) -> int:
+    return max(12, len(column))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bus", choices=["memory", "kafka", "both"], default="both")
@@ -288,9 +292,11 @@ def main() -> None:
             row = bench(bus, protocol, args, generators[protocol], payloads)
             if not columns:
                 columns = list(row)
-                print(f"{'bus/protocol':14}" + "".join(f"{c:>13}" for c in columns))
+                print(f"{'bus/protocol':14}" + "".join(f" {c:>{_width(c)}}" for c in columns))
             label = f"{bus}/{protocol}"
-            cells = "".join(f"{row[c]:>13.{3 if 'CPU' in c else 1}f}" for c in columns)
+            cells = "".join(
+                f" {row[c]:>{_width(c)}.{3 if 'CPU' in c else 1}f}" for c in columns
+            )
             print(f"{label:14}{cells}", flush=True)
 
 
