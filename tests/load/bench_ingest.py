@@ -294,9 +294,7 @@ def main() -> None:
                 columns = list(row)
                 print(f"{'bus/protocol':14}" + "".join(f" {c:>{_width(c)}}" for c in columns))
             label = f"{bus}/{protocol}"
-            cells = "".join(
-                f" {row[c]:>{_width(c)}.{3 if 'CPU' in c else 1}f}" for c in columns
-            )
+            cells = "".join(f" {row[c]:>{_width(c)}.{3 if 'CPU' in c else 1}f}" for c in columns)
             print(f"{label:14}{cells}", flush=True)
 
 
