@@ -48,16 +48,21 @@ class _Placement:
 class _Open:
     """A batch still taking records, and one future per publish waiting for it."""
 
-    __slots__ = ("builder", "waiters")
+    __slots__ = ("builder", "started", "waiters")
 
     def __init__(self, builder: Any) -> None:
         self.builder = builder
+        self.started = time.monotonic()
         self.waiters: list[asyncio.Future[None]] = []
 
 
 class PartitionBatches:
-    """``send`` returns once the broker has acknowledged every record given to it; a record
-    waits at most ``linger`` seconds for others to share its batch (a full batch goes at once).
+    """``send`` returns once the broker has acknowledged every record given to it.
+
+    Records wait up to ``linger`` seconds for others to share their batches, or longer while
+    their partition's previous batch is unacknowledged: as in aiokafka's own accumulator, the
+    open batch keeps growing then, so a slow broker gets fewer, larger batches, not a queue of
+    small ones. A full batch goes at once.
     """
 
     def __init__(self, producer: Any, linger: float) -> None:
@@ -65,6 +70,7 @@ class PartitionBatches:
         self._linger = linger
         self._open: dict[tuple[str, int], _Open] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._unacknowledged: dict[tuple[str, int], int] = {}  # batches handed to aiokafka
         self._delivering: set[asyncio.Task[None]] = set()
         self._placements: dict[str, _Placement] = {}
 
@@ -92,9 +98,11 @@ class PartitionBatches:
             await asyncio.gather(*waiting)
 
     async def drain(self) -> None:
-        """Send what is open now and wait for every delivery (before the producer stops)."""
-        self._deliver_all()
-        while self._delivering:
+        """Send everything open and wait for every delivery (before the producer stops)."""
+        while self._open or self._delivering:
+            self._cancel_timer()
+            for where in list(self._open):
+                self._deliver(where)
             await asyncio.gather(*self._delivering, return_exceptions=True)
 
     async def _partition(self, topic: str, key: bytes) -> int:
@@ -111,23 +119,49 @@ class PartitionBatches:
 
     def _start(self, where: tuple[str, int]) -> _Open:
         batch = self._open[where] = _Open(self._producer.create_batch())
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._linger, self._deliver_all)
+        self._wake_in(self._linger)
         return batch
 
-    def _deliver_all(self) -> None:
+    def _wake_in(self, seconds: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._deliver_due)
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _deliver_due(self) -> None:
+        """Every open batch, unless its partition has a batch unacknowledged: that one goes
+        when the acknowledgement comes. All partitions at once, not each at its own linger:
+        aiokafka sends one request per broker at a time, and batches made ready one by one
+        went out in more, smaller requests (HTTP paced CPU per export 0.29 → 0.35 ms)."""
+        self._timer = None
         for where in list(self._open):
-            self._deliver(where)
+            if not self._unacknowledged.get(where):
+                self._deliver(where)
 
     def _deliver(self, where: tuple[str, int]) -> None:
         batch = self._open.pop(where)
         batch.builder.close()  # closed: aiokafka sends it at once instead of lingering again
+        self._unacknowledged[where] = self._unacknowledged.get(where, 0) + 1
         task = asyncio.get_running_loop().create_task(self._acknowledged(where, batch))
         self._delivering.add(task)
         task.add_done_callback(self._delivering.discard)
+
+    def _partition_free(self, where: tuple[str, int]) -> None:
+        left = self._unacknowledged[where] - 1
+        if left:
+            self._unacknowledged[where] = left
+            return
+        del self._unacknowledged[where]
+        waiting = self._open.get(where)
+        if waiting is not None:  # it waited for this acknowledgement, and maybe its linger
+            lingered = time.monotonic() - waiting.started
+            if lingered >= self._linger:
+                self._deliver(where)
+            else:
+                self._wake_in(self._linger - lingered)
 
     async def _acknowledged(self, where: tuple[str, int], batch: _Open) -> None:
         topic, partition = where
@@ -135,11 +169,14 @@ class PartitionBatches:
             delivered = await self._producer.send_batch(batch.builder, topic, partition=partition)
             await delivered
         except asyncio.CancelledError:
+            self._partition_free(where)
             _settle(batch.waiters, asyncio.CancelledError())
             raise
         except Exception as error:  # every waiter learns it; none is left hanging
+            self._partition_free(where)
             _settle(batch.waiters, error)
             return
+        self._partition_free(where)
         _settle(batch.waiters, None)
 
 
