@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import uvloop
 from aiohttp import web
+from prometheus_client import multiprocess as prom_multiprocess
 
 from bus import Bus, KafkaBus, KafkaOptions, MemoryBus
 from bus.aio import wait_at_most
@@ -184,6 +186,8 @@ async def _supervise(settings: Settings, workers: int) -> None:
             if not process.is_alive():
                 restarts.append(time.monotonic())
                 log.error("receiver %d exited with %s; restarting", slot, process.exitcode)
+                # its live gauges (bytes in flight, in-flight limit) would be summed forever
+                prom_multiprocess.mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 spawn(slot)
         restarts = [t for t in restarts if time.monotonic() - t < 60]
         if len(restarts) > 5 * workers:
@@ -195,3 +199,4 @@ async def _supervise(settings: Settings, workers: int) -> None:
     for process in processes:
         await asyncio.to_thread(process.join, 10)
     await runner.cleanup()
+    shutil.rmtree(metrics_dir, ignore_errors=True)

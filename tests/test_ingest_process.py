@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -72,3 +74,48 @@ async def test_readyz_follows_the_bus() -> None:
     finally:
         await kafka_down.stop()
     await asyncio.sleep(0)
+
+
+def _inflight_limit(admin_port: int) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{admin_port}/metrics").text.splitlines():
+        if line.startswith("driftline_ingest_inflight_limit "):
+            return float(line.split()[1])
+    raise AssertionError("no driftline_ingest_inflight_limit on /metrics")
+
+
+def test_a_killed_worker_is_restarted_and_its_live_gauges_dropped(tmp_path: Path) -> None:
+    """Each worker reports its in-flight limit (256 when idle) and /metrics sums the live ones:
+    after kill -9 and the restart, two workers must add up to 512, not 768."""
+    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftline.cli", "ingest", "--data", str(tmp_path),
+         "--workers", "2", "--grpc-port", str(ports["grpc"]),
+         "--http-port", str(ports["http"]), "--admin-port", str(ports["admin"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_ready(ports["admin"], process)
+        _until(lambda: _inflight_limit(ports["admin"]) == 512)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = [
+            int(pid)
+            for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _until(lambda: not Path(f"/proc/{workers[0]}").exists())
+        wait_ready(ports["admin"], process)  # restarted
+        _until(lambda: _inflight_limit(ports["admin"]) == 512, timeout=20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert "exited with -9; restarting" in output, output
+    assert process.returncode == 0, output
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
