@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
 
+    # processors worker: seconds a table recovery may read nothing before the worker exits
+    # (code 75) for its supervisor to restart it; 0 waits forever, as Faust does
+    recovery_stall: float = Field(120.0, ge=0)
+
     # tokens
     tokens: Path | None = None  # default: <data>/tokens.db
     token_memory: str = "30d"  # how long retired/revoked tokens are still recognised

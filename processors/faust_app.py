@@ -92,6 +92,7 @@ from processors import codec
 from processors.detectors import apply, reevaluate
 from processors.offsets import Offsets, committed_offsets, highwater
 from processors.policies import Policies, ReevaluateRequest
+from processors.stall import RecoveryWatch
 from processors.state import EndpointState
 from processors.topology import TopicNames, partitions_of
 from schemas.messages import AuthEvent, DriftFlag, EndpointSnapshot
@@ -635,6 +636,20 @@ class Processors:
 
     async def log_stats(self) -> None:
         log.info("processor stats: %s", self.stats.as_dict())
+
+    async def recovery_stalled(self, stall_after: float, every: float) -> int:
+        """Return the changelog records still to read once table recovery has made no progress
+        for ``stall_after`` seconds (``processors.stall``); until then, keep looking.
+
+        A task of its own on the worker's loop: Faust starts its timers only after recovery.
+        """
+        watch = RecoveryWatch(stall_after)
+        recovery = self.app.tables.recovery
+        while True:
+            await asyncio.sleep(every)
+            remaining: int = recovery.active_remaining_total()
+            if watch.stalled(time.monotonic(), recovery.in_recovery, remaining):
+                return remaining
 
 
 def build(

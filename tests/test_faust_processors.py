@@ -483,6 +483,7 @@ class Worker:
     partitions: int
     name: str
     stats_interval: float = 2.0
+    recovery_stall: float = 120.0
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -511,6 +512,8 @@ class Worker:
                     str(self.partitions),
                     "--stats-interval",
                     str(self.stats_interval),
+                    "--recovery-stall",
+                    str(self.recovery_stall),
                 ],
                 cwd=REPO,
                 stdout=log,
@@ -838,6 +841,37 @@ class RecoveryHang(AssertionError):
 
 
 @pytest.mark.kafka
+async def test_a_worker_whose_table_recovery_reads_nothing_exits_to_be_started_again(
+    kafka: str, tmp_path: Path
+) -> None:
+    """The hang forced: a changelog partition that ends in a transaction marker, which no
+    consumer ever receives, so Faust's recovery always has one record left and waits forever.
+    The worker must exit with 75 (EX_TEMPFAIL) instead, and say why."""
+    prefix = f"r{uuid.uuid4().hex[:10]}."
+    await ensure_topics(kafka, TopicNames.with_prefix(prefix), 4)
+    worker = Worker(kafka, f"app-{prefix}", prefix, tmp_path, 4, "w", 1.0, recovery_stall=4.0)
+    try:
+        worker.start()  # once, to make the table's changelog topic
+        wait_for(lambda: worker.active_partitions() == {0, 1, 2, 3}, 60, "the worker's partitions")
+        worker.stop()
+        marker = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"tx-{prefix}")
+        await marker.start()
+        try:
+            async with marker.transaction():
+                changelog = f"{worker.app_id}-endpoint-state-changelog"
+                await marker.send(changelog, b"{}", key=b"acme/x", partition=0)
+        finally:
+            await marker.stop()
+        worker.start()
+        assert worker.process is not None
+        exited = await asyncio.to_thread(worker.process.wait, 90)
+    finally:
+        worker.stop()
+    assert exited == 75, worker.log()[-3000:]
+    assert "table recovery read nothing for 4 s" in worker.log()
+
+
+@pytest.mark.kafka
 @pytest.mark.slow
 async def test_kill_9_a_worker_mid_stream_loses_and_duplicates_nothing(
     kafka: str, producer: Any, tmp_path: Path
@@ -847,9 +881,11 @@ async def test_kill_9_a_worker_mid_stream_loses_and_duplicates_nothing(
     faust-streaming 0.15's table recovery sometimes never finishes after a rebalance: the
     worker's log repeats "No event received for active tp … since recovery start" and it
     processes nothing more (faust-streaming #155; 2 of 4 full CI runs on 2026-12-06, at the
-    rebalance when the second worker joined, before the kill). That is a defect of its own,
-    open in the README; a run that hits it is run once more on fresh topics, and what this
-    test asserts is asserted in full on the run that completes.
+    rebalance when the second worker joined, before the kill). That is a defect of its own: a
+    worker exits when its recovery reads nothing for DRIFTLINE_RECOVERY_STALL seconds, for its
+    supervisor to start it again (tested above); this test has no supervisor, so a run that
+    hits the hang is run once more on fresh topics, and what this test asserts is asserted in
+    full on the run that completes.
     """
     try:
         await _kill_9_scenario(kafka, producer, tmp_path / "first")

@@ -64,6 +64,7 @@ def _cmd_processors_worker(args: argparse.Namespace) -> int:
         settings.data / "processors",
         partitions=args.partitions,
         app_id=args.app_id,
+        recovery_stall=settings.recovery_stall,
     )
     return 0
 

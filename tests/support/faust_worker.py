@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--stats-interval", type=float, default=5.0)
+    parser.add_argument("--recovery-stall", type=float, default=120.0)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO,
@@ -37,6 +38,7 @@ def main() -> None:
         heartbeat_interval=0.5,
         rebalance_timeout=10.0,
         stats_interval=args.stats_interval,
+        recovery_stall=args.recovery_stall,
     )
 
 
