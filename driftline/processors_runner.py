@@ -16,7 +16,7 @@ from typing import Any, Final
 import faust
 import uvloop
 
-from processors.faust_app import APP_ID, build
+from processors.faust_app import APP_ID, Processors, build
 from processors.topology import TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def run_worker(
     del watchdog
 
 
-async def _exit_when_recovery_stalls(processors: Any, stall_after: float) -> None:
+async def _exit_when_recovery_stalls(processors: Processors, stall_after: float) -> None:
     remaining = await processors.recovery_stalled(stall_after, every=min(5.0, stall_after / 4))
     log.error(
         "table recovery read nothing for %.0f s with %d changelog records still to read "
