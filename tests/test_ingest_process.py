@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bus import KafkaBus, KafkaOptions, MemoryBus
 from ingest import admin
 from ingest.tokens import TokenStore
+from tests.support.embedded import until
 from tests.support.otel import claude_resource, export_logs, export_metrics
 from tests.support.processes import free_port, wait_ready
 
@@ -27,23 +29,38 @@ def token(tmp_path: Path) -> str:
     return TokenStore(tmp_path / "tokens.db").create("acme")[1]
 
 
-@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
-def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, int]]:
+@dataclass
+class Ingest:
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    output: str = ""  # what it printed, once stopped
+
+
+@contextlib.contextmanager
+def _ingest(data: Path, workers: int) -> Iterator[Ingest]:
+    """`driftline ingest` on free ports until the block ends, then SIGTERM: it must exit 0."""
     ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "driftline.cli", "ingest", "--data", str(tmp_path),
-         "--workers", str(request.param), "--grpc-port", str(ports["grpc"]),
+        [sys.executable, "-m", "driftline.cli", "ingest", "--data", str(data),
+         "--workers", str(workers), "--grpc-port", str(ports["grpc"]),
          "--http-port", str(ports["http"]), "--admin-port", str(ports["admin"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    running = Ingest(process, ports)
     try:
         wait_ready(ports["admin"], process)
-        yield ports
+        yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-        assert process.returncode == 0, output
-        assert "Traceback" not in output, output
+        running.output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, running.output
+
+
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, int]]:
+    with _ingest(tmp_path, request.param) as running:
+        yield running.ports
+    assert "Traceback" not in running.output, running.output
 
 
 def test_serves_both_protocols_and_counts_in_metrics(receiver: dict[str, int], token: str) -> None:
@@ -86,16 +103,9 @@ def _inflight_limit(admin_port: int) -> float:
 def test_a_killed_worker_is_restarted_and_its_live_gauges_dropped(tmp_path: Path) -> None:
     """Each worker reports its in-flight limit (256 when idle) and /metrics sums the live ones:
     after kill -9 and the restart, two workers must add up to 512, not 768."""
-    ports = {"grpc": free_port(), "http": free_port(), "admin": free_port()}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "driftline.cli", "ingest", "--data", str(tmp_path),
-         "--workers", "2", "--grpc-port", str(ports["grpc"]),
-         "--http-port", str(ports["http"]), "--admin-port", str(ports["admin"])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_ready(ports["admin"], process)
-        _until(lambda: _inflight_limit(ports["admin"]) == 512)
+    with _ingest(tmp_path, 2) as running:
+        admin_port, process = running.ports["admin"], running.process
+        until(lambda: _inflight_limit(admin_port) == 512)
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         workers = [
             int(pid)
@@ -104,18 +114,7 @@ def test_a_killed_worker_is_restarted_and_its_live_gauges_dropped(tmp_path: Path
         ]
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        _until(lambda: not Path(f"/proc/{workers[0]}").exists())
-        wait_ready(ports["admin"], process)  # restarted
-        _until(lambda: _inflight_limit(ports["admin"]) == 512, timeout=20)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-    assert "exited with -9; restarting" in output, output
-    assert process.returncode == 0, output
-
-
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+        until(lambda: not Path(f"/proc/{workers[0]}").exists())
+        wait_ready(admin_port, process)  # restarted
+        until(lambda: _inflight_limit(admin_port) == 512, timeout=20)
+    assert "exited with -9; restarting" in running.output, running.output

@@ -30,20 +30,19 @@ async def _landed(kafka: str, prefix: str, count: int) -> list[tuple[str, bytes]
     )
     await consumer.start()
     found: list[tuple[str, bytes]] = []
+
+    async def read_more() -> None:
+        for messages in (await consumer.getmany(timeout_ms=500)).values():
+            found.extend(
+                (m.key.decode(), m.value) for m in messages if m.key.decode().startswith(prefix)
+            )
+
     try:
         async with asyncio.timeout(30):
             while len(found) < count:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    found += [
-                        (m.key.decode(), m.value)
-                        for m in messages
-                        if m.key.decode().startswith(prefix)
-                    ]
+                await read_more()
         await asyncio.sleep(0.5)  # anything beyond ``count`` (a duplicate) shows up too
-        for messages in (await consumer.getmany(timeout_ms=500)).values():
-            found += [
-                (m.key.decode(), m.value) for m in messages if m.key.decode().startswith(prefix)
-            ]
+        await read_more()
     finally:
         await consumer.stop()
     return found
